@@ -1,0 +1,147 @@
+"""`icareus-bridge` console script: argument parsing only; each command lives in its own module
+and is imported when it runs, so `--help` stays fast and one command's imports never slow another."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from icareus_bridge.config import ConfigError
+
+EXIT_USAGE = 2
+EXIT_NOT_BUILT = 3
+
+# command name -> (module, function); a handler takes the parsed arguments and returns an exit code.
+HANDLERS: dict[str, tuple[str, str]] = {
+    "run": ("icareus_bridge.service", "main"),
+    "simulator": ("icareus_bridge.icareus.simulator", "main"),
+    "explain": ("icareus_bridge.ops.explain", "main"),
+    "replay": ("icareus_bridge.ops.replay", "main"),
+    "archive": ("icareus_bridge.ops.archive", "main"),
+    "reset": ("icareus_bridge.ops.reset", "main"),
+    "status": ("icareus_bridge.ops.status", "main"),
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="icareus-bridge",
+        description="Provisions CRM.COM subscription actions into Icareus Suite through Kafka.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            metavar="PATH",
+            help="YAML configuration (default: the embedded config/bridge.yaml)",
+        )
+        return p
+
+    run = command("run", "run the bridge service (planner, dispatcher or both)")
+    run.add_argument("--role", choices=["planner", "dispatcher", "all"], default="all")
+
+    sim = command("simulator", "run the Icareus Suite simulator (HTTP)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8085)
+    sim.add_argument("--latency-ms", type=_non_negative_float, default=0.0)
+    sim.add_argument("--jitter-ms", type=_non_negative_float, default=0.0)
+    sim.add_argument(
+        "--error-rate", type=_rate, default=0.0, help="share of calls answered HTTP 503"
+    )
+    sim.add_argument("--org-id", default=None, help="organization id (default: from config)")
+    sim.add_argument("--key", default=None, help="organization key (default: from config)")
+    sim.add_argument(
+        "--products",
+        default="",
+        help="extra Icareus product ids in the catalogue, comma-separated",
+    )
+
+    explain = command("explain", "dry-run the state machine on one event given as JSON")
+    explain.add_argument("--event", type=Path, required=True, metavar="FILE")
+    explain.add_argument("--state", type=Path, default=None, metavar="FILE")
+
+    replay = command("replay", "put dead letters back on their original topic")
+    replay.add_argument("--since", default=None, help="ISO-8601 time, dead letters from then on")
+    replay.add_argument("--until", default=None, help="ISO-8601 time, dead letters before then")
+    replay.add_argument("--subscription", default=None, metavar="ID")
+    replay.add_argument("--reason", default=None, help="only this dlq.reason code")
+    replay.add_argument(
+        "--stage", choices=["decode", "validate", "plan", "dispatch"], default=None
+    )
+    replay.add_argument("--limit", type=_positive_int, default=None)
+    replay.add_argument("--rate", type=float, default=None, help="records per second at most")
+    replay.add_argument("--dry-run", action="store_true")
+
+    archive = command("archive", "archive old provisioning requests, or search an archive")
+    archive.add_argument("--older-than", type=_positive_int, default=None, metavar="DAYS")
+    archive.add_argument("--out", type=Path, default=None, metavar="DIR")
+    archive_sub = archive.add_subparsers(dest="archive_command", metavar="SUBCOMMAND")
+    search = archive_sub.add_parser("search", help="search archive files for a subscription")
+    search.add_argument("--subscription", required=True, metavar="ID")
+    search.add_argument("dir", type=Path, metavar="DIR")
+
+    reset = command("reset", "CRM's reset utility: bring Icareus back in line with CRM")
+    target = reset.add_mutually_exclusive_group(required=True)
+    target.add_argument("--subscription", metavar="ID")
+    target.add_argument("--all", action="store_true")
+
+    status = command("status", "what the bridge knows about one subscription, as JSON")
+    status.add_argument("--subscription", required=True, metavar="ID")
+    return parser
+
+
+def _resolve(name: str) -> Callable[[argparse.Namespace], int] | None:
+    module_name, func_name = HANDLERS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+    handler: Callable[[argparse.Namespace], int] = getattr(module, func_name)
+    return handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = _resolve(args.command)
+    if handler is None:
+        print(f"icareus-bridge {args.command}: not built yet", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"icareus-bridge {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The one configuration object: YAML file (embedded default `config/bridge.yaml`) overlaid by
+environment variables `ICAREUS_BRIDGE__<SECTION>__<KEY>`; built once at start and passed down."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "ICAREUS_BRIDGE__"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    client_id: str = "icareus-bridge"
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    transactional_id_prefix: str = "icareus-bridge"
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by every client of this process."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "client.id": self.client_id,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        conf.update(self.extra)
+        return conf
+
+
+class TopicSettings(_Section):
+    input: str = "crm.subscription.lifecycle.v1"
+    requests: str = "icareus.provisioning.requests.v1"
+    results: str = "icareus.provisioning.results.v1"
+    dlq: str = "icareus.provisioning.dlq.v1"
+    state: str = "icareus-bridge.state.v1"
+
+
+class RetrySettings(_Section):
+    max_attempts: int = Field(default=6, ge=1)
+    max_total_seconds: float = Field(default=30.0, gt=0)
+    initial_backoff_seconds: float = Field(default=0.2, gt=0)
+    max_backoff_seconds: float = Field(default=5.0, gt=0)
+    jitter_seconds: float = Field(default=0.2, ge=0)
+
+
+class IcareusOperation(_Section):
+    module: str
+    action: str
+
+
+def _default_operations() -> dict[str, IcareusOperation]:
+    return {
+        "add_user": IcareusOperation(module="user", action="addUser"),
+        "remove_user": IcareusOperation(module="user", action="removeUser"),
+        "activate_products": IcareusOperation(module="packages", action="activateProducts"),
+        "cancel_products": IcareusOperation(module="packages", action="cancelProducts"),
+        "add_device": IcareusOperation(module="devices", action="addDevice"),
+        "remove_device": IcareusOperation(module="devices", action="removeDevice"),
+        "get_user": IcareusOperation(module="user", action="getUser"),
+    }
+
+
+class IcareusSettings(_Section):
+    base_url: str = "http://127.0.0.1:8085/api"
+    organization_id: str = "1001"
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    read_timeout_seconds: float = Field(default=5.0, gt=0)
+    total_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_in_flight: int = Field(default=128, ge=1)
+    max_connections: int = Field(default=128, ge=1)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    operations: dict[str, IcareusOperation] = Field(default_factory=_default_operations)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IcareusSettings:
+        if self.key is None and self.key_file is None:
+            raise ValueError("one of icareus.key or icareus.key_file must be set")
+        return self
+
+    def secret_key(self) -> str:
+        """The organization key, read from `key` or `key_file`; never logged."""
+        if self.key is not None:
+            return self.key.get_secret_value()
+        assert self.key_file is not None
+        try:
+            return self.key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"icareus.key_file: cannot read {self.key_file}: {exc}") from exc
+
+
+class Distributor(_Section):
+    code: str = Field(min_length=1)
+    name: str = ""
+    allowed_products: list[str] = Field(default_factory=list)
+
+
+class ProviderSettings(_Section):
+    effective: bool = True
+    max_viewing_points: int = Field(default=4, ge=1)
+    distributors: list[Distributor] = Field(default_factory=list)
+    service_mapping: dict[str, str] = Field(default_factory=dict)
+    physical_goods_mapping: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_distributors(self) -> ProviderSettings:
+        codes = [d.code for d in self.distributors]
+        dupes = sorted({c for c in codes if codes.count(c) > 1})
+        if dupes:
+            raise ValueError(f"duplicate distributor codes: {', '.join(dupes)}")
+        return self
+
+
+class SchemaRegistrySettings(_Section):
+    url: str = ""
+    basic_auth_user_info: SecretStr | None = None
+
+
+class HttpSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(default=9400, ge=0, le=65535)
+
+
+class PlannerSettings(_Section):
+    group_id: str = "icareus-bridge-planner"
+    batch_max_events: int = Field(default=500, ge=1)
+    batch_max_ms: int = Field(default=100, ge=1)
+
+
+class DispatcherSettings(_Section):
+    group_id: str = "icareus-bridge-dispatcher"
+    shutdown_grace_seconds: float = Field(default=30.0, gt=0)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = "json"
+
+
+class Settings(BaseSettings):
+    """Everything the bridge reads at start. Sections mirror `config/bridge.yaml`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    icareus: IcareusSettings
+    provider: ProviderSettings = Field(default_factory=ProviderSettings)
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    planner: PlannerSettings = Field(default_factory=PlannerSettings)
+    dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file: the file arrives as init arguments, so env goes first.
+        return (env_settings, init_settings)
+
+
+def default_config_path() -> Path:
+    """`config/bridge.yaml` of a source checkout, else the copy packaged with the code."""
+    repo_copy = Path(__file__).resolve().parents[2] / "config" / "bridge.yaml"
+    if repo_copy.is_file():
+        return repo_copy
+    return Path(str(resources.files("icareus_bridge").joinpath("bridge.yaml")))
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"  {key}: {err['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read the YAML file, apply environment overrides, validate; `ConfigError` names the key."""
+    cfg_path = Path(path) if path is not None else default_config_path()
+    try:
+        raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {cfg_path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: {cfg_path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config: {cfg_path} must hold a mapping of sections")
+    try:
+        return Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from exc
+
+
+__all__ = [
+    "ConfigError",
+    "Distributor",
+    "IcareusSettings",
+    "KafkaSettings",
+    "ProviderSettings",
+    "Settings",
+    "TopicSettings",
+    "load_settings",
+]
