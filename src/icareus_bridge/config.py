@@ -77,17 +77,45 @@ class RetrySettings(_Section):
 class IcareusOperation(_Section):
     module: str
     action: str
+    # Wire names of the parameters after organizationId, in signing order (DOMAIN.md);
+    # empty = the documented defaults of that operation.
+    params: list[str] = Field(default_factory=list)
+
+
+DEFAULT_OPERATION_PARAMS: dict[str, tuple[str, ...]] = {
+    "add_user": (
+        "externalId",
+        "firstName",
+        "lastName",
+        "emailAddress",
+        "phoneNumber",
+        "countryId",
+        "postalCode",
+        "cityName",
+    ),
+    "remove_user": ("userId",),
+    "activate_products": ("userId", "productIds"),
+    "cancel_products": ("userId", "productIds"),
+    "add_device": ("userId", "deviceId", "deviceType"),
+    "remove_device": ("userId", "deviceId"),
+    "get_user": ("userId", "externalId"),
+}
 
 
 def _default_operations() -> dict[str, IcareusOperation]:
+    def op(module: str, action: str, name: str) -> IcareusOperation:
+        return IcareusOperation(
+            module=module, action=action, params=list(DEFAULT_OPERATION_PARAMS[name])
+        )
+
     return {
-        "add_user": IcareusOperation(module="user", action="addUser"),
-        "remove_user": IcareusOperation(module="user", action="removeUser"),
-        "activate_products": IcareusOperation(module="packages", action="activateProducts"),
-        "cancel_products": IcareusOperation(module="packages", action="cancelProducts"),
-        "add_device": IcareusOperation(module="devices", action="addDevice"),
-        "remove_device": IcareusOperation(module="devices", action="removeDevice"),
-        "get_user": IcareusOperation(module="user", action="getUser"),
+        "add_user": op("user", "addUser", "add_user"),
+        "remove_user": op("user", "removeUser", "remove_user"),
+        "activate_products": op("packages", "activateProducts", "activate_products"),
+        "cancel_products": op("packages", "cancelProducts", "cancel_products"),
+        "add_device": op("devices", "addDevice", "add_device"),
+        "remove_device": op("devices", "removeDevice", "remove_device"),
+        "get_user": op("user", "getUser", "get_user"),
     }
 
 
