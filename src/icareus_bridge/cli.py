@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="extra Icareus product ids in the catalogue, comma-separated",
     )
+    sim.add_argument(
+        "--faults",
+        default=None,
+        metavar="JSON",
+        help="initial fault injection, same JSON as POST /_sim/faults",
+    )
 
     explain = command("explain", "dry-run the state machine on one event given as JSON")
     explain.add_argument("--event", type=Path, required=True, metavar="FILE")
