@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 
 class _Frozen(BaseModel):
@@ -149,15 +149,37 @@ class LifecycleEvent(_Frozen):
 # --- what the bridge knows Icareus holds -----------------------------------------------------
 
 
+def product_order(product_id: str) -> tuple[int, int, str]:
+    """Sort key for Icareus product ids: numeric ids by value, then any others by text."""
+    if product_id.isdigit():
+        return (0, int(product_id), product_id)
+    return (1, 0, product_id)
+
+
+def sorted_products(product_ids: frozenset[str] | set[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Product ids in the ascending order Icareus receives them (comma-separated)."""
+    return tuple(sorted(product_ids, key=product_order))
+
+
 class AccountState(_Frozen):
-    """One Icareus user: one per (subscription, Icareus distributor)."""
+    """One Icareus user: one per (subscription, Icareus distributor).
+
+    `registered` means Icareus holds (or, with a pending ADD_USER, will hold) the user;
+    `user_id` is None until the ADD_USER result is fed back. `registration_rejected` is set when
+    Icareus refused ADD_USER: the account is then not registered again until a reset."""
 
     distributor: str
     account_key: str
     registered: bool = False
+    registration_rejected: bool = False
     user_id: str | None = None
     products: frozenset[str] = frozenset()  # Icareus product ids
     devices: dict[str, str] = Field(default_factory=dict)  # serial number -> device type
+
+    @field_serializer("products")
+    def _products_in_order(self, products: frozenset[str]) -> list[str]:
+        # Sets have no order; JSON output (explain, status) must be stable.
+        return list(sorted_products(products))
 
 
 class SubscriptionRecord(_Frozen):
@@ -206,9 +228,34 @@ class ProvisioningRequest(_Frozen):
     device_type: str | None = None
     profile: SubscriberProfile | None = None
 
+    def params(self) -> dict[str, object]:
+        """The call's own parameters, by request type (what `explain` prints as `params`).
+
+        `user_id` None means the account's ADD_USER is still pending (same or earlier plan):
+        the dispatcher resolves the user id by `account_key` (Icareus externalId)."""
+        t = self.type
+        if t is RequestType.ADD_USER:
+            out: dict[str, object] = {"external_id": self.account_key}
+            if self.profile is not None:
+                out.update(self.profile.model_dump())
+            return out
+        if t is RequestType.REMOVE_USER:
+            return {"user_id": self.user_id}
+        if t is RequestType.ACTIVATE_PRODUCTS or t is RequestType.CANCEL_PRODUCTS:
+            return {"user_id": self.user_id, "product_ids": list(self.product_ids)}
+        if t is RequestType.ADD_DEVICE:
+            return {
+                "user_id": self.user_id,
+                "device_id": self.device_id,
+                "device_type": self.device_type,
+            }
+        return {"user_id": self.user_id, "device_id": self.device_id}
+
 
 class Rejection(_Frozen):
-    """A CRM error decided by the planner: nothing is sent, CRM sees it as a REJECTED result."""
+    """A CRM error decided by the planner: nothing is sent, CRM sees it as a REJECTED result.
+
+    Shares the request id / number / sequence space of its plan (it follows the requests)."""
 
     request_id: str
     number: str
@@ -217,8 +264,11 @@ class Rejection(_Frozen):
     distributor: str
     account_key: str
     detail: str
+    sequence: int = 0
+    user_id: str | None = None
     product_ids: tuple[str, ...] = ()
     device_id: str | None = None
+    device_type: str | None = None
 
 
 class SkipReason(StrEnum):
@@ -227,7 +277,43 @@ class SkipReason(StrEnum):
 
 
 class Decision(_Frozen):
+    """What `plan` decided for one event. `state` assumes every planned request completes;
+    rejected things are not applied. `skipped` says why an event changed nothing at all."""
+
     state: SubscriptionRecord
     requests: tuple[ProvisioningRequest, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     skipped: SkipReason | None = None
+
+
+# --- what CRM sees (mirrors schemas/provisioning_result.avsc) ---------------------------------
+
+
+class ProvisioningResult(_Frozen):
+    """The outcome of one request: COMPLETED or REJECTED by Icareus (dispatcher, attempts >= 1)
+    or REJECTED by the planner (attempts 0, nothing sent). Also the planner's feedback input:
+    the call parameters are carried so the known state can be corrected from the result alone."""
+
+    request_id: str
+    number: str
+    type: RequestType
+    subscription_id: str
+    subscription_number: str
+    distributor: str
+    account_key: str
+    event_id: str
+    action_code: str
+    life_cycle_state: LifeCycleState
+    error_code: str | None = None
+    error_description: str | None = None
+    reference_number: str | None = None  # the Icareus user id, where there is one
+    request_payload: str | None = None  # JSON text, secrets and tokens removed
+    response_payload: str | None = None  # JSON text, secrets and tokens removed
+    attempts: int = 0
+    created_at: int = 0  # epoch ms
+    executed_at: int | None = None  # epoch ms
+    sequence: int = 0
+    user_id: str | None = None
+    product_ids: tuple[str, ...] = ()
+    device_id: str | None = None
+    device_type: str | None = None
