@@ -1,0 +1,8 @@
+"""Observability shared by both pipeline stages: Prometheus metrics, structured logs with
+redaction, and the small HTTP server behind /metrics, /healthz and /readyz."""
+
+from icareus_bridge.observability.http import HealthServer, Readiness
+from icareus_bridge.observability.logging import configure_logging, get_logger, redact
+from icareus_bridge.observability.metrics import Metrics
+
+__all__ = ["HealthServer", "Metrics", "Readiness", "configure_logging", "get_logger", "redact"]
