@@ -1,0 +1,139 @@
+"""Topic set-up at start: create the bridge's topics when missing (partitions and replication
+from config, the state changelog compacted) and refuse to start on a layout that would break
+exactly-once or state restore (a state topic that is not compacted or not co-partitioned)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported at runtime
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
+
+from icareus_bridge.config import KafkaSettings, TopicSettings
+
+
+class StartupError(Exception):
+    """The broker's topic layout does not fit the bridge; the message names topic and setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicReport:
+    """What `ensure_topics` found or did for one topic."""
+
+    name: str
+    partitions: int
+    created: bool
+    cleanup_policy: str
+
+
+def _admin(kafka: KafkaSettings) -> AdminClient:
+    return AdminClient(kafka.client_config())
+
+
+def _topic_partitions(admin: AdminClient, timeout: float) -> dict[str, int]:
+    md = admin.list_topics(timeout=timeout)
+    return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
+
+
+def _cleanup_policies(admin: AdminClient, names: list[str], timeout: float) -> dict[str, str]:
+    resources = [ConfigResource(ResourceType.TOPIC, n) for n in names]
+    out: dict[str, str] = {}
+    for res, fut in admin.describe_configs(resources, request_timeout=timeout).items():
+        configs = fut.result(timeout=timeout)
+        entry = configs.get("cleanup.policy")
+        out[res.name] = str(entry.value) if entry is not None else "delete"
+    return out
+
+
+def ensure_topics(
+    kafka: KafkaSettings, topics: TopicSettings, *, timeout: float = 30.0
+) -> list[TopicReport]:
+    """Create missing topics; verify the state changelog of existing ones.
+
+    The state topic gets `cleanup.policy=compact`; the others the broker's default (delete).
+    Raises `StartupError` when the state topic exists without compaction, or when the state
+    or results topic does not have as many partitions as the input topic (state and feedback
+    of a subscription must live in the partition number of its events).
+    """
+    admin = _admin(kafka)
+    wanted = [topics.input, topics.requests, topics.results, topics.dlq, topics.state]
+    try:
+        existing = _topic_partitions(admin, timeout)
+        missing = [t for t in dict.fromkeys(wanted) if t not in existing]
+        created: set[str] = set()
+        if missing:
+            # A missing state/results topic follows the input topic's partition count when the
+            # input topic already exists (co-partitioning), else the configured count.
+            base = existing.get(topics.input, kafka.partitions)
+            new = []
+            for name in missing:
+                config = {"cleanup.policy": "compact"} if name == topics.state else {}
+                copartitioned = name in (topics.state, topics.results) and name != topics.input
+                parts = base if copartitioned else kafka.partitions
+                new.append(
+                    NewTopic(
+                        name,
+                        num_partitions=parts,
+                        replication_factor=kafka.replication_factor,
+                        config=config,
+                    )
+                )
+            for name, fut in admin.create_topics(new, request_timeout=timeout).items():
+                try:
+                    fut.result(timeout=timeout)
+                    created.add(name)
+                except KafkaException as exc:
+                    err = exc.args[0] if exc.args else None
+                    exists = KafkaError.TOPIC_ALREADY_EXISTS
+                    if not (isinstance(err, KafkaError) and err.code() == exists):
+                        raise StartupError(f"topic {name}: cannot create it: {exc}") from exc
+            existing = _wait_for_topics(admin, wanted, timeout)
+        policies = _cleanup_policies(admin, list(dict.fromkeys(wanted)), timeout)
+    except KafkaException as exc:
+        raise StartupError(
+            f"kafka.bootstrap_servers={kafka.bootstrap_servers}: cannot set up topics: {exc}"
+        ) from exc
+
+    state_policy = policies.get(topics.state, "")
+    if "compact" not in {p.strip() for p in state_policy.split(",")}:
+        raise StartupError(
+            f"topic {topics.state} (topics.state): cleanup.policy is '{state_policy}', "
+            "the state changelog needs 'compact'; fix the topic "
+            f"(kafka-configs --alter --entity-type topics --entity-name {topics.state} "
+            "--add-config cleanup.policy=compact) or point topics.state elsewhere"
+        )
+    n_input = existing[topics.input]
+    for role, name in (("topics.state", topics.state), ("topics.results", topics.results)):
+        if existing[name] != n_input:
+            raise StartupError(
+                f"topic {name} ({role}) has {existing[name]} partitions but the input topic "
+                f"{topics.input} has {n_input}: they must be co-partitioned (same count)"
+            )
+    return [
+        TopicReport(
+            name=n,
+            partitions=existing[n],
+            created=n in created,
+            cleanup_policy=policies.get(n, ""),
+        )
+        for n in dict.fromkeys(wanted)
+    ]
+
+
+def _wait_for_topics(admin: AdminClient, names: list[str], timeout: float) -> dict[str, int]:
+    """Metadata lags topic creation a little; wait until every topic is visible."""
+    deadline = time.monotonic() + timeout
+    while True:
+        existing = _topic_partitions(admin, timeout)
+        if all(n in existing and existing[n] > 0 for n in names):
+            return existing
+        if time.monotonic() > deadline:
+            missing = [n for n in names if n not in existing]
+            raise StartupError(f"topics {', '.join(missing)}: not visible after creation")
+        time.sleep(0.1)
