@@ -1,0 +1,147 @@
+"""Dead letters: the record a stage writes to the DLQ topic when it gives up on an input.
+
+The original key and value bytes travel untouched; everything about the failure is in `dlq.*`
+headers (ARCHITECTURE.md, "Delivery"). Used by the planner (stages decode, validate, plan) and
+the dispatcher (stage dispatch); `replay` reads the headers back with `parse_dead_letter_headers`.
+Times are ISO-8601 UTC with milliseconds; numbers are decimal text; all values are UTF-8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+Stage = Literal["decode", "validate", "plan", "dispatch"]
+Header = tuple[str, bytes]
+
+STAGE = "dlq.stage"
+REASON = "dlq.reason"
+ERROR_CLASS = "dlq.error.class"
+ERROR_MESSAGE = "dlq.error.message"
+ORIGINAL_TOPIC = "dlq.original.topic"
+ORIGINAL_PARTITION = "dlq.original.partition"
+ORIGINAL_OFFSET = "dlq.original.offset"
+ORIGINAL_TIMESTAMP = "dlq.original.timestamp"
+CONSUMER_GROUP = "dlq.consumer.group"
+ATTEMPTS = "dlq.attempts"
+FIRST_FAILURE_AT = "dlq.first.failure.at"
+LAST_FAILURE_AT = "dlq.last.failure.at"
+HTTP_STATUS = "dlq.http.status"
+RESPONSE_EXCERPT = "dlq.response.excerpt"
+REPLAY_COUNT = "dlq.replay.count"
+PARKED_BEHIND = "dlq.parked.behind"
+
+MAX_TEXT_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where the dead-lettered record was read: topic, partition, offset and its timestamp."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+def iso_millis(epoch_ms: int) -> str:
+    """`2026-11-26T10:28:24.123Z` for an epoch-milliseconds time."""
+    dt = datetime.fromtimestamp(epoch_ms / 1000.0, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def parse_iso_millis(text: str) -> int:
+    """The inverse of `iso_millis` (also accepts any ISO-8601 time with an offset)."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return round(dt.timestamp() * 1000)
+
+
+def _truncate(text: str, limit: int = MAX_TEXT_BYTES) -> bytes:
+    raw = text.encode("utf-8", errors="replace")
+    if len(raw) <= limit:
+        return raw
+    # Cut on a character boundary so the header stays valid UTF-8.
+    return raw[:limit].decode("utf-8", errors="ignore").encode("utf-8")
+
+
+def dead_letter_headers(
+    stage: Stage,
+    reason: str,
+    error: BaseException | str | None,
+    origin: Origin,
+    group: str,
+    *,
+    now_ms: int,
+    attempts: int = 1,
+    first_failure_at: int | None = None,
+    last_failure_at: int | None = None,
+    http_status: int | None = None,
+    response_excerpt: str | None = None,
+    replay_count: int = 0,
+    parked_behind: str | None = None,
+) -> list[Header]:
+    """All `dlq.*` headers for one dead letter, in a stable order.
+
+    `error` gives `dlq.error.class` and `dlq.error.message` (≤ 1 KiB); a plain string is a
+    message without a class. `response_excerpt` must already be redacted; it is cut to 1 KiB.
+    Failure times default to `now_ms` (the caller's clock: this function reads none).
+    """
+    if isinstance(error, BaseException):
+        error_class = type(error).__name__
+        error_message = str(error)
+    else:
+        error_class = ""
+        error_message = error or ""
+    headers: list[Header] = [
+        (STAGE, stage.encode()),
+        (REASON, reason.encode()),
+        (ERROR_CLASS, error_class.encode()),
+        (ERROR_MESSAGE, _truncate(error_message)),
+        (ORIGINAL_TOPIC, origin.topic.encode()),
+        (ORIGINAL_PARTITION, str(origin.partition).encode()),
+        (ORIGINAL_OFFSET, str(origin.offset).encode()),
+    ]
+    if origin.timestamp_ms is not None and origin.timestamp_ms >= 0:
+        headers.append((ORIGINAL_TIMESTAMP, iso_millis(origin.timestamp_ms).encode()))
+    headers += [
+        (CONSUMER_GROUP, group.encode()),
+        (ATTEMPTS, str(attempts).encode()),
+        (FIRST_FAILURE_AT, iso_millis(first_failure_at or now_ms).encode()),
+        (LAST_FAILURE_AT, iso_millis(last_failure_at or now_ms).encode()),
+    ]
+    if http_status is not None:
+        headers.append((HTTP_STATUS, str(http_status).encode()))
+    if response_excerpt is not None:
+        headers.append((RESPONSE_EXCERPT, _truncate(response_excerpt)))
+    headers.append((REPLAY_COUNT, str(replay_count).encode()))
+    if parked_behind is not None:
+        headers.append((PARKED_BEHIND, parked_behind.encode()))
+    return headers
+
+
+def replay_count_of(headers: Sequence[tuple[str, bytes | str | None]] | None) -> int:
+    """The `dlq.replay.count` a replayed record carries back in (0 when it never was replayed)."""
+    for name, value in headers or ():
+        if name == REPLAY_COUNT and value is not None:
+            text = value.decode() if isinstance(value, bytes) else value
+            try:
+                return int(text)
+            except ValueError:
+                return 0
+    return 0
+
+
+def parse_dead_letter_headers(
+    headers: Iterable[tuple[str, bytes | str | None]] | None,
+) -> dict[str, str]:
+    """The `dlq.*` headers of a dead letter as text (last value wins), for replay and search."""
+    out: dict[str, str] = {}
+    for name, value in headers or ():
+        if not name.startswith("dlq.") or value is None:
+            continue
+        out[name] = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+    return out
