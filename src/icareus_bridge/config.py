@@ -183,6 +183,9 @@ class HttpSettings(_Section):
 
 class PlannerSettings(_Section):
     group_id: str = "icareus-bridge-planner"
+    # Stable per process across restarts (transactional.id and static group membership);
+    # empty = the host name. Two live planners must never share one.
+    instance_id: str = ""
     batch_max_events: int = Field(default=500, ge=1)
     batch_max_ms: int = Field(default=100, ge=1)
 
