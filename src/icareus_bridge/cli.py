@@ -40,6 +40,14 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _config_file(text: str) -> Path:
+    # Checked while parsing, so every command (built or not) reports a bad --config the same way.
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"cannot read {text}: no such file")
+    return path
+
+
 def _rate(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -58,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument(
             "--config",
-            type=Path,
+            type=_config_file,
             default=None,
             metavar="PATH",
             help="YAML configuration (default: the embedded config/bridge.yaml)",
