@@ -3,6 +3,7 @@ environment variables `ICAREUS_BRIDGE__<SECTION>__<KEY>`; built once at start an
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -250,6 +251,21 @@ def _format_validation_error(exc: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
+def _refuse_unknown_sections_in_env() -> None:
+    # pydantic-settings reads only the variables that match a section and drops the rest, so a
+    # misspelt section (or a single `_` where `__` belongs) would be ignored without a word.
+    sections = set(Settings.model_fields)
+    for name in sorted(os.environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+        if section not in sections:
+            raise ConfigError(
+                f"{name}: no configuration section {section!r} "
+                f"(sections: {', '.join(sorted(sections))})"
+            )
+
+
 def load_settings(path: Path | str | None = None) -> Settings:
     """Read the YAML file, apply environment overrides, validate; `ConfigError` names the key."""
     cfg_path = Path(path) if path is not None else default_config_path()
@@ -261,6 +277,7 @@ def load_settings(path: Path | str | None = None) -> Settings:
         raise ConfigError(f"--config: {cfg_path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"--config: {cfg_path} must hold a mapping of sections")
+    _refuse_unknown_sections_in_env()
     try:
         return Settings(**raw)
     except ValidationError as exc:
