@@ -79,6 +79,7 @@ class Checkpoint:
     _in_transaction: bool = field(default=False, init=False)
     _next_offsets: dict[tuple[str, int], int] = field(default_factory=dict, init=False)
     _first_offsets: dict[tuple[str, int], int] = field(default_factory=dict, init=False)
+    _offset_metadata: dict[tuple[str, int], str] = field(default_factory=dict, init=False)
     _state: dict[tuple[int, bytes], StateWrite] = field(default_factory=dict, init=False)
     _records: int = field(default=0, init=False)
     _produced: int = field(default=0, init=False)
@@ -129,11 +130,20 @@ class Checkpoint:
         if self._started_at is None:
             self._started_at = self.clock()
 
+    def commit_offset(
+        self, topic: str, partition: int, next_offset: int, metadata: str = ""
+    ) -> None:
+        """Commit `next_offset` (the next one to read) of `topic`/`partition` with this
+        transaction, `metadata` stored beside it: for a stage whose records finish out of order
+        (the dispatcher), which computes the commit point itself. Not an input record."""
+        self._next_offsets[(topic, partition)] = next_offset
+        self._offset_metadata[(topic, partition)] = metadata
+
     # --- deciding -----------------------------------------------------------------------
 
     @property
     def empty(self) -> bool:
-        return self._records == 0 and not self._in_transaction
+        return self._records == 0 and not self._in_transaction and not self._next_offsets
 
     @property
     def records(self) -> int:
@@ -176,7 +186,10 @@ class Checkpoint:
                     OutboundRecord(self.changelog_topic, key, write.value, partition=partition)
                 )
             if self._next_offsets:  # 3
-                offsets = [TopicPartition(t, p, o) for (t, p), o in self._next_offsets.items()]
+                offsets = [
+                    TopicPartition(t, p, o, self._offset_metadata.get((t, p)))
+                    for (t, p), o in self._next_offsets.items()
+                ]
                 self.producer.send_offsets_to_transaction(
                     offsets, self.consumer.consumer_group_metadata(), self.commit_timeout
                 )
