@@ -193,7 +193,14 @@ class PlannerSettings(_Section):
 
 class DispatcherSettings(_Section):
     group_id: str = "icareus-bridge-dispatcher"
+    # Stable per process across restarts (transactional.id and static group membership);
+    # empty = the host name. Two live dispatchers must never share one.
+    instance_id: str = ""
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
+    # Results, dead letters and offsets become visible together, once per interval.
+    commit_interval_ms: int = Field(default=100, ge=1)
+    # Requests read but not finished (queued + in flight) before partitions are paused.
+    max_queued: int = Field(default=2048, ge=1)
 
 
 class LoggingSettings(_Section):
