@@ -1,5 +1,5 @@
 """`icareus-bridge` console script: argument parsing only; each command lives in its own module
-and is imported when it runs, so `--help` stays fast and one command's imports never slow another."""
+and is imported when it runs, so `--help` stays fast and no command's imports slow another."""
 
 from __future__ import annotations
 
