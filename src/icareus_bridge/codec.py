@@ -1,0 +1,481 @@
+"""The one Avro codec of the bridge: bytes on every topic <-> domain models.
+
+Default wire format is Avro single-object encoding (`C3 01`, 8-byte little-endian CRC-64-AVRO
+fingerprint of the writer schema's parsing canonical form, binary body); with a schema registry
+configured, the Confluent wire format (`00`, 4-byte big-endian schema id, body). The reader
+accepts both, whatever is configured, so a topic can move from one to the other. Every way bytes
+can fail to become a valid event raises one `DecodeError` whose `reason` becomes `dlq.reason`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+from pydantic import ValidationError
+
+from icareus_bridge.core.model import (
+    AccountState,
+    ActionCode,
+    LifecycleEvent,
+    ProvisioningRequest,
+    ProvisioningResult,
+    SubscriptionRecord,
+    sorted_products,
+)
+
+if TYPE_CHECKING:
+    from icareus_bridge.config import Settings
+    from icareus_bridge.schema_registry import SchemaRegistryClient
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
+_SINGLE_OBJECT_HEADER = 10  # 2 magic bytes + 8 fingerprint bytes
+_CONFLUENT_HEADER = 5  # 1 magic byte + 4 schema id bytes
+
+# Short record name -> schema file stem under schemas/ (and schemas/history/<stem>.v<N>.avsc).
+EVENT = "SubscriptionLifecycleEvent"
+REQUEST = "ProvisioningRequest"
+RESULT = "ProvisioningResult"
+STATE = "SubscriptionRecord"
+SCHEMA_FILES: dict[str, str] = {
+    EVENT: "subscription_lifecycle_event",
+    REQUEST: "provisioning_request",
+    RESULT: "provisioning_result",
+    STATE: "subscription_record",
+}
+
+_KNOWN_ACTIONS = frozenset(a.value for a in ActionCode)
+
+
+class DecodeReason(StrEnum):
+    """Why bytes did not become a valid record; the dead letter's `dlq.reason`."""
+
+    NOT_AVRO = "NOT_AVRO"  # neither single-object nor Confluent framing
+    UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"  # fingerprint / schema id unknown, or unreadable by ours
+    MALFORMED = "MALFORMED"  # the body does not decode with its writer schema
+    INVALID = "INVALID"  # decodes, but breaks a rule of the domain model
+
+
+class DecodeError(Exception):
+    """Input that cannot be used. `stage` is `decode` or `validate` (the `dlq.stage` header);
+    `field` names the offending field (dotted path) when there is one."""
+
+    def __init__(self, reason: DecodeReason, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+
+    @property
+    def stage(self) -> str:
+        return "validate" if self.reason is DecodeReason.INVALID else "decode"
+
+
+class SchemaRegistryError(Exception):
+    """The schema registry could not be reached or answered badly: not the input's fault, so
+    the caller retries instead of dead-lettering."""
+
+
+# --- schemas ---------------------------------------------------------------------------------
+
+
+def default_schemas_dir() -> Path:
+    """`schemas/` of a source checkout, else a copy packaged with the code."""
+    repo_copy = Path(__file__).resolve().parents[2] / "schemas"
+    if repo_copy.is_dir():
+        return repo_copy
+    return Path(str(resources.files("icareus_bridge").joinpath("schemas")))
+
+
+def _without_logical_types(node: Any) -> Any:
+    # Readers keep timestamps as epoch-millisecond ints, as the domain model holds them;
+    # logicalType is not part of the canonical form, so fingerprints are unaffected.
+    if isinstance(node, dict):
+        return {k: _without_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_without_logical_types(v) for v in node]
+    return node
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """One writer schema the reader can resolve: the current one or a committed older one."""
+
+    name: str  # short record name, e.g. SubscriptionLifecycleEvent
+    version: int  # 0 for the current file when it has no history copy yet
+    source: str  # schema JSON text as stored
+    canonical: str
+    fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO
+    parsed: Any = field(repr=False)  # fastavro parsed schema, logical types stripped
+
+
+def _load_version(name: str, text: str, version: int) -> SchemaVersion:
+    raw = json.loads(text)
+    canonical = to_parsing_canonical_form(raw)
+    return SchemaVersion(
+        name=name,
+        version=version,
+        source=text,
+        canonical=canonical,
+        fingerprint=bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")),
+        parsed=fastavro.parse_schema(_without_logical_types(raw)),
+    )
+
+
+def parse_writer_schema(text: str) -> Any:
+    """A writer schema received from elsewhere (the registry), ready for reading."""
+    return fastavro.parse_schema(_without_logical_types(json.loads(text)))
+
+
+class SchemaSet:
+    """The schemas of `schemas/`: the current version of each record (written and used as the
+    reader schema) and every committed version in `schemas/history/` (resolvable as writers)."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory or default_schemas_dir()
+        self.current: dict[str, SchemaVersion] = {}
+        self.history: dict[str, list[SchemaVersion]] = {}
+        self.by_fingerprint: dict[bytes, SchemaVersion] = {}
+        for name, stem in SCHEMA_FILES.items():
+            current_text = (self.directory / f"{stem}.avsc").read_text(encoding="utf-8")
+            versions = []
+            for path in sorted((self.directory / "history").glob(f"{stem}.v*.avsc")):
+                number = int(path.name[len(stem) + 2 : -len(".avsc")])
+                versions.append(_load_version(name, path.read_text(encoding="utf-8"), number))
+            versions.sort(key=lambda v: v.version)
+            current = _load_version(name, current_text, 0)
+            same = [v for v in versions if v.fingerprint == current.fingerprint]
+            if same:
+                current = _load_version(name, current_text, same[-1].version)
+            self.current[name] = current
+            self.history[name] = versions
+            for v in versions:
+                self.by_fingerprint[v.fingerprint] = v
+            # The current schema always resolves to itself (no resolution step, fastest path).
+            self.by_fingerprint[current.fingerprint] = current
+
+
+# --- the codec -------------------------------------------------------------------------------
+
+
+class Codec:
+    """Encodes records of the bridge's schemas and decodes any known version of them.
+
+    Built once at start from the configuration (`Codec.from_settings`) and passed down.
+    With a registry client, `encode` writes the Confluent format under the record's subject
+    (`<topic>-value`); without one, single-object encoding."""
+
+    def __init__(
+        self,
+        schemas: SchemaSet | None = None,
+        *,
+        registry: SchemaRegistryClient | None = None,
+        subjects: Mapping[str, str] | None = None,
+    ) -> None:
+        self.schemas = schemas or SchemaSet()
+        self.registry = registry
+        self.subjects = dict(subjects or {})
+        self._headers = {
+            name: SINGLE_OBJECT_MAGIC + v.fingerprint for name, v in self.schemas.current.items()
+        }
+        self._registry_ids: dict[str, int] = {}
+        self._registry_writers: dict[int, tuple[str, Any]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Codec:
+        """Single-object encoding, or the Confluent format when `schema_registry.url` is set."""
+        if not settings.schema_registry.url:
+            return cls()
+        from icareus_bridge.schema_registry import SchemaRegistryClient
+
+        auth = settings.schema_registry.basic_auth_user_info
+        registry = SchemaRegistryClient(
+            settings.schema_registry.url,
+            user_info=auth.get_secret_value() if auth is not None else None,
+        )
+        t = settings.topics
+        return cls(
+            registry=registry,
+            subjects={
+                EVENT: f"{t.input}-value",
+                REQUEST: f"{t.requests}-value",
+                RESULT: f"{t.results}-value",
+                STATE: f"{t.state}-value",
+            },
+        )
+
+    # -- generic ------------------------------------------------------------------------------
+
+    def encode(self, record: str, obj: Mapping[str, Any]) -> bytes:
+        """Avro bytes of `obj` written with the current schema of `record` (short name)."""
+        schema = self.schemas.current[record]
+        buf = io.BytesIO()
+        if self.registry is not None:
+            buf.write(b"\x00" + self._registry_id(record).to_bytes(4, "big"))
+        else:
+            buf.write(self._headers[record])
+        fastavro.schemaless_writer(buf, schema.parsed, obj)
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        """(short record name, record as a dict in the current schema's shape), or DecodeError."""
+        if len(data) >= _SINGLE_OBJECT_HEADER and data[:2] == SINGLE_OBJECT_MAGIC:
+            writer = self.schemas.by_fingerprint.get(data[2:_SINGLE_OBJECT_HEADER])
+            if writer is None:
+                raise DecodeError(
+                    DecodeReason.UNKNOWN_SCHEMA,
+                    f"unknown writer schema fingerprint {data[2:10].hex()}",
+                )
+            return writer.name, self._read(data, _SINGLE_OBJECT_HEADER, writer.name, writer.parsed)
+        if len(data) >= _CONFLUENT_HEADER and data[0] == CONFLUENT_MAGIC and self.registry:
+            name, parsed = self._registry_writer(int.from_bytes(data[1:5], "big"))
+            return name, self._read(data, _CONFLUENT_HEADER, name, parsed)
+        raise DecodeError(
+            DecodeReason.NOT_AVRO,
+            f"not Avro single-object or registry framing (first bytes {data[:4].hex() or 'none'})",
+        )
+
+    def _read(self, data: bytes, offset: int, name: str, writer: Any) -> dict[str, Any]:
+        current = self.schemas.current[name]
+        reader = None if writer is current.parsed else current.parsed
+        fo = io.BytesIO(data)
+        fo.seek(offset)
+        try:
+            obj: Any = fastavro.schemaless_reader(fo, writer, reader)
+        except fastavro.read.SchemaResolutionError as exc:
+            raise DecodeError(
+                DecodeReason.UNKNOWN_SCHEMA, f"{name}: writer schema not readable: {exc}"
+            ) from exc
+        except (EOFError, ValueError, IndexError, TypeError, KeyError, OverflowError) as exc:
+            raise DecodeError(
+                DecodeReason.MALFORMED, f"{name}: body does not decode: {exc!r}"
+            ) from exc
+        if fo.tell() != len(data):
+            raise DecodeError(
+                DecodeReason.MALFORMED,
+                f"{name}: {len(data) - fo.tell()} trailing bytes after the record",
+            )
+        if not isinstance(obj, dict):
+            raise DecodeError(DecodeReason.MALFORMED, f"{name}: body is not a record")
+        return obj
+
+    def _registry_id(self, record: str) -> int:
+        schema_id = self._registry_ids.get(record)
+        if schema_id is None:
+            assert self.registry is not None
+            subject = self.subjects.get(record, f"{record}-value")
+            schema_id = self.registry.register(subject, self.schemas.current[record].source)
+            self._registry_ids[record] = schema_id
+        return schema_id
+
+    def _registry_writer(self, schema_id: int) -> tuple[str, Any]:
+        known = self._registry_writers.get(schema_id)
+        if known is not None:
+            return known
+        assert self.registry is not None
+        text = self.registry.schema_by_id(schema_id)
+        if text is None:
+            raise DecodeError(DecodeReason.UNKNOWN_SCHEMA, f"schema id {schema_id} not in registry")
+        try:
+            raw = json.loads(text)
+            full_name = raw.get("name", "") if isinstance(raw, dict) else ""
+            short = full_name.rsplit(".", 1)[-1]
+            if short not in self.schemas.current:
+                raise DecodeError(
+                    DecodeReason.UNKNOWN_SCHEMA,
+                    f"schema id {schema_id}: unknown record {full_name!r}",
+                )
+            canonical_fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
+            local = self.schemas.by_fingerprint.get(canonical_fp)
+            parsed = local.parsed if local is not None else parse_writer_schema(text)
+        except (ValueError, fastavro.schema.SchemaParseException) as exc:
+            raise DecodeError(
+                DecodeReason.UNKNOWN_SCHEMA, f"schema id {schema_id} does not parse: {exc}"
+            ) from exc
+        self._registry_writers[schema_id] = (short, parsed)
+        return short, parsed
+
+    def _decode_as(self, data: bytes, expected: str) -> dict[str, Any]:
+        name, obj = self.decode(data)
+        if name != expected:
+            raise DecodeError(DecodeReason.UNKNOWN_SCHEMA, f"expected {expected}, got {name}")
+        return obj
+
+    # -- typed --------------------------------------------------------------------------------
+
+    def encode_event(self, event: LifecycleEvent) -> bytes:
+        return self.encode(EVENT, event.model_dump())
+
+    def decode_event(self, data: bytes) -> LifecycleEvent:
+        """Decode and validate one CRM event; DecodeError (stage decode or validate) if not."""
+        return validate_event(self._decode_as(data, EVENT))
+
+    def encode_request(self, request: ProvisioningRequest) -> bytes:
+        return self.encode(REQUEST, request.model_dump())
+
+    def decode_request(self, data: bytes) -> ProvisioningRequest:
+        return _validated(ProvisioningRequest, self._decode_as(data, REQUEST))
+
+    def encode_result(self, result: ProvisioningResult) -> bytes:
+        return self.encode(RESULT, result.model_dump())
+
+    def decode_result(self, data: bytes) -> ProvisioningResult:
+        return _validated(ProvisioningResult, self._decode_as(data, RESULT))
+
+    def encode_state(self, record: SubscriptionRecord | None) -> bytes | None:
+        """Changelog value; None (a tombstone) forgets the subscription."""
+        if record is None:
+            return None
+        return self.encode(STATE, state_to_avro(record))
+
+    def decode_state(self, data: bytes | None) -> SubscriptionRecord | None:
+        if data is None:
+            return None
+        return state_from_avro(self._decode_as(data, STATE))
+
+
+@cache
+def default_codec() -> Codec:
+    """A single-object codec over the repository's `schemas/` (tools, tests, benchmarks)."""
+    return Codec()
+
+
+# --- validation (stage validate) -------------------------------------------------------------
+
+
+def _field_of(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return ".".join(str(p) for p in err["loc"]) or "<root>"
+
+
+def _message_of(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def _check_action(event: LifecycleEvent) -> LifecycleEvent:
+    if event.action.code not in _KNOWN_ACTIONS:
+        raise DecodeError(
+            DecodeReason.INVALID,
+            f"action.code: unknown CRM action code {event.action.code!r}",
+            field="action.code",
+        )
+    return event
+
+
+def validate_event(obj: Mapping[str, Any]) -> LifecycleEvent:
+    """A decoded event dict as a LifecycleEvent; DecodeError INVALID naming the field if not."""
+    try:
+        event = LifecycleEvent.model_validate(obj)
+    except ValidationError as exc:
+        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+    return _check_action(event)
+
+
+def validate_event_json(text: str | bytes) -> LifecycleEvent:
+    """An event given as JSON (schema field names, null for absent options), strictly typed:
+    a string where the schema has a long is an error, as it would be in Avro."""
+    try:
+        event = LifecycleEvent.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] == "json_invalid":
+            raise DecodeError(
+                DecodeReason.MALFORMED, f"not valid JSON: {_message_of(exc)}"
+            ) from exc
+        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+    return _check_action(event)
+
+
+_M = TypeVar("_M", ProvisioningRequest, ProvisioningResult)
+
+
+def _validated(model: type[_M], obj: Any) -> _M:
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+
+
+# --- state record <-> Avro shape -------------------------------------------------------------
+
+
+def state_to_avro(record: SubscriptionRecord) -> dict[str, Any]:
+    """The changelog shape: accounts as a list in viewing-point order, devices as records."""
+    return {
+        "subscription_id": record.subscription_id,
+        "subscription_number": record.subscription_number,
+        "last_version": record.last_version,
+        "last_event_id": record.last_event_id,
+        "snapshot": record.snapshot.model_dump() if record.snapshot is not None else None,
+        "accounts": [
+            {
+                "distributor": a.distributor,
+                "account_key": a.account_key,
+                "registered": a.registered,
+                "registration_rejected": a.registration_rejected,
+                "user_id": a.user_id,
+                "products": list(sorted_products(a.products)),
+                "devices": [
+                    {"device_id": d, "device_type": t} for d, t in sorted(a.devices.items())
+                ],
+            }
+            for a in record.accounts.values()
+        ],
+        "parked_behind": record.parked_behind,
+    }
+
+
+def state_from_avro(obj: Mapping[str, Any]) -> SubscriptionRecord:
+    try:
+        accounts = {
+            a["distributor"]: AccountState(
+                distributor=a["distributor"],
+                account_key=a["account_key"],
+                registered=a["registered"],
+                registration_rejected=a["registration_rejected"],
+                user_id=a["user_id"],
+                products=frozenset(a["products"]),
+                devices={d["device_id"]: d["device_type"] for d in a["devices"]},
+            )
+            for a in obj["accounts"]
+        }
+        return SubscriptionRecord.model_validate(
+            {
+                "subscription_id": obj["subscription_id"],
+                "subscription_number": obj["subscription_number"],
+                "last_version": obj["last_version"],
+                "last_event_id": obj["last_event_id"],
+                "snapshot": obj["snapshot"],
+                "accounts": accounts,
+                "parked_behind": obj["parked_behind"],
+            }
+        )
+    except ValidationError as exc:
+        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+
+
+__all__ = [
+    "EVENT",
+    "REQUEST",
+    "RESULT",
+    "STATE",
+    "Codec",
+    "DecodeError",
+    "DecodeReason",
+    "SchemaRegistryError",
+    "SchemaSet",
+    "SchemaVersion",
+    "default_codec",
+    "validate_event",
+    "validate_event_json",
+]
