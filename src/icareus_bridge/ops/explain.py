@@ -1,0 +1,100 @@
+"""`icareus-bridge explain`: a dry run of the state machine on one event given as JSON. Reads the
+event (and optionally the state an earlier explain printed), plans, prints JSON, sends nothing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from icareus_bridge.codec import DecodeError, validate_event_json
+from icareus_bridge.config import load_settings
+from icareus_bridge.core.model import Decision, SubscriptionRecord
+from icareus_bridge.core.plan import plan
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+def render(decision: Decision) -> dict[str, Any]:
+    """The explain output: requests in plan order, rejections, and the state after the plan
+    (assuming every request completes) — the object `--state` accepts for the next step."""
+    return {
+        "requests": [
+            {
+                "type": r.type.value,
+                "distributor": r.distributor,
+                "account_key": r.account_key,
+                "params": r.params(),
+            }
+            for r in decision.requests
+        ],
+        "rejections": [
+            {"code": j.code.value, "distributor": j.distributor, "detail": j.detail}
+            for j in decision.rejections
+        ],
+        "state": decision.state.model_dump(mode="json"),
+    }
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _BadInput(f"--{what}: cannot read {path}: {exc.strerror or exc}") from exc
+
+
+class _BadInput(Exception):
+    pass
+
+
+def _load_state(path: Path) -> SubscriptionRecord:
+    text = _read(path, "state")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _BadInput(f"--state: {path} is not valid JSON: {exc}") from exc
+    # Accept a whole earlier explain output as well as its "state" object.
+    if isinstance(raw, dict) and "state" in raw and "requests" in raw:
+        raw = raw["state"]
+    try:
+        return SubscriptionRecord.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        raise _BadInput(f"--state: {path}: field {field}: {err['msg']}") from exc
+
+
+def explain(event_text: str, state: SubscriptionRecord | None, config: Path | None) -> Decision:
+    """Validate the event (DecodeError naming the field if it breaks the schema) and plan it."""
+    event = validate_event_json(event_text)
+    return plan(state, event, load_settings(config).provider)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        event_text = _read(args.event, "event")
+        state = _load_state(args.state) if args.state is not None else None
+        decision = explain(event_text, state, args.config)
+    except _BadInput as exc:
+        print(f"icareus-bridge explain: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except DecodeError as exc:
+        where = f"field {exc.field}: " if exc.field else ""
+        print(f"icareus-bridge explain: --event {args.event}: {where}{exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if decision.skipped is not None:
+        print(
+            f"icareus-bridge explain: event skipped ({decision.skipped.value}): nothing planned",
+            file=sys.stderr,
+        )
+    json.dump(render(decision), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+__all__ = ["explain", "main", "render"]
