@@ -130,6 +130,9 @@ class IcareusSettings(_Section):
     total_timeout_seconds: float = Field(default=10.0, gt=0)
     max_in_flight: int = Field(default=128, ge=1)
     max_connections: int = Field(default=128, ge=1)
+    # HTTP library under the client: aiohttp sustains several times httpx's request rate on
+    # one core (docs/BENCHMARKS.md); httpx stays available, e.g. for its mock transport.
+    http_backend: Literal["aiohttp", "httpx"] = "aiohttp"
     retry: RetrySettings = Field(default_factory=RetrySettings)
     operations: dict[str, IcareusOperation] = Field(default_factory=_default_operations)
 
