@@ -1,0 +1,173 @@
+"""The dispatcher's Kafka edge: its group consumer of the requests topic (non-blocking polls from
+the event loop, pause/resume, committed offsets with their metadata) and the transaction that
+makes a batch of results, dead letters and parked-key markers visible together with the offsets
+it finishes. Plain Python values cross this edge; confluent-kafka stays inside it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from icareus_bridge.config import KafkaSettings
+from icareus_bridge.kafka.checkpoint import Checkpoint, OutboundRecord
+from icareus_bridge.kafka.clients import consumer as group_consumer
+from icareus_bridge.kafka.clients import transactional_producer
+
+Header = tuple[str, bytes]
+PartitionsCallback = Callable[[list[int]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """One record of the requests topic, as read."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[Header, ...]
+    timestamp_ms: int | None
+
+
+class ConsumerFailed(Exception):
+    """The consumer reported an error it cannot recover from."""
+
+
+class RequestsConsumer:
+    """Group consumer of one topic; `on_assign` / `on_revoke` receive partition numbers and
+    run inside `poll()`, on the caller's thread."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        group_id: str,
+        topic: str,
+        *,
+        instance_id: str | None,
+        on_assign: PartitionsCallback,
+        on_revoke: PartitionsCallback,
+        on_lost: PartitionsCallback,
+    ) -> None:
+        self.topic = topic
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._on_lost = on_lost
+        self.raw: Consumer = group_consumer(kafka, group_id, instance_id=instance_id)
+        self.raw.subscribe(
+            [topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
+        )
+
+    def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._on_assign(sorted(tp.partition for tp in partitions))
+
+    def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._on_revoke(sorted(tp.partition for tp in partitions))
+
+    def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._on_lost(sorted(tp.partition for tp in partitions))
+
+    def poll(self, max_records: int, timeout: float = 0.0) -> list[ConsumedRecord]:
+        out: list[ConsumedRecord] = []
+        for msg in self.raw.consume(num_messages=max_records, timeout=timeout):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise ConsumerFailed(f"topic {self.topic}: {err}")
+                continue  # transient: librdkafka retries by itself
+            ts_type, ts = msg.timestamp()
+            raw_headers = msg.headers() or []
+            if isinstance(raw_headers, dict):
+                raw_headers = list(raw_headers.items())
+            out.append(
+                ConsumedRecord(
+                    topic=msg.topic() or self.topic,
+                    partition=msg.partition() or 0,
+                    offset=msg.offset() or 0,
+                    key=msg.key(),
+                    value=msg.value(),
+                    headers=tuple(
+                        (name, value if isinstance(value, bytes) else b"")
+                        for name, value in raw_headers
+                    ),
+                    timestamp_ms=ts if ts_type != 0 else None,
+                )
+            )
+        return out
+
+    def committed(
+        self, partitions: Sequence[int], timeout: float = 30.0
+    ) -> dict[int, tuple[int, str]]:
+        """Per partition: (committed offset, its metadata); partitions never committed omitted."""
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        out: dict[int, tuple[int, str]] = {}
+        try:
+            for tp in self.raw.committed(tps, timeout=timeout):
+                if tp.offset >= 0:
+                    out[tp.partition] = (tp.offset, tp.metadata or "")
+        except KafkaException as exc:
+            raise ConsumerFailed(
+                f"topic {self.topic}: committed offsets unreadable: {exc}"
+            ) from exc
+        return out
+
+    def pause(self, partitions: Iterable[int]) -> None:
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        if tps:
+            self.raw.pause(tps)
+
+    def resume(self, partitions: Iterable[int]) -> None:
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        if tps:
+            self.raw.resume(tps)
+
+    def lag(self, partition: int, position: int) -> int | None:
+        """Records after `position` in the partition (cached high watermark, no broker call)."""
+        try:
+            _, high = self.raw.get_watermark_offsets(
+                TopicPartition(self.topic, partition), cached=True
+            )
+        except KafkaException:
+            return None
+        return None if high < 0 else max(high - position, 0)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class DispatchTransactions:
+    """The dispatcher's transactional producer. `commit(records, offsets)` produces `records`
+    and commits `offsets` ({partition: (next offset, metadata)}) in one transaction, through the
+    shared `Checkpoint`; its exceptions (`TransactionAborted`, `TransactionFatal`) pass through."""
+
+    def __init__(
+        self, kafka: KafkaSettings, transactional_id: str, consumer: RequestsConsumer
+    ) -> None:
+        self._consumer = consumer
+        self.producer: Producer = transactional_producer(kafka, transactional_id)
+
+    def commit(
+        self, records: Sequence[OutboundRecord], offsets: dict[int, tuple[int, str]]
+    ) -> None:
+        checkpoint = Checkpoint(self.producer, self._consumer.raw, changelog_topic="")
+        for record in records:
+            checkpoint.produce(record)
+        for partition, (offset, metadata) in offsets.items():
+            checkpoint.commit_offset(self._consumer.topic, partition, offset, metadata)
+        checkpoint.commit()
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.producer.flush(timeout)
+
+
+__all__ = [
+    "ConsumedRecord",
+    "ConsumerFailed",
+    "DispatchTransactions",
+    "RequestsConsumer",
+]

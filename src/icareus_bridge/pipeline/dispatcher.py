@@ -1,0 +1,699 @@
+"""The dispatcher, second stage of the running pipeline: provisioning requests in; Icareus calls
+out; one result per finished request, dead letters and parked-key markers back to Kafka.
+
+Requests of one subscription run strictly in order, different subscriptions concurrently up to
+`icareus.max_in_flight` (`KeyedScheduler`). What a finished request produced is buffered and
+made visible every `dispatcher.commit_interval_ms` in one Kafka transaction together with the
+offsets it finishes (`OffsetTracker`: only offsets whose predecessors are finished; those
+finished beyond travel in the commit metadata). So after a crash each request has exactly one
+result: an unfinished request runs again, and its Idempotency-Key keeps Icareus from applying
+it twice. See docs/PIPELINE.md, "Dispatcher".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+from icareus_bridge.codec import EVENT, REQUEST, Codec, DecodeError, DecodeReason, validate_event
+from icareus_bridge.config import Settings
+from icareus_bridge.core.feedback import observed_state, rejection_result
+from icareus_bridge.core.model import (
+    AccountState,
+    LifecycleEvent,
+    ProvisioningRequest,
+    ProvisioningResult,
+    RejectionCode,
+    RequestType,
+    Subscription,
+)
+from icareus_bridge.core.plan import account_key, plan
+from icareus_bridge.icareus.client import CallResult, IcareusClient
+from icareus_bridge.icareus.errors import IcareusError, PermanentIcareusError
+from icareus_bridge.kafka.changelog import read_to_end
+from icareus_bridge.kafka.checkpoint import OutboundRecord
+from icareus_bridge.kafka.clients import transactional_id
+from icareus_bridge.kafka.dispatch import ConsumedRecord, DispatchTransactions, RequestsConsumer
+from icareus_bridge.observability.http import Readiness
+from icareus_bridge.observability.logging import get_logger
+from icareus_bridge.observability.metrics import Metrics
+from icareus_bridge.pipeline import outcomes
+from icareus_bridge.pipeline.accounts import AccountOutcomes
+from icareus_bridge.pipeline.dead_letter import (
+    Origin,
+    Stage,
+    dead_letter_headers,
+    replay_count_of,
+)
+from icareus_bridge.pipeline.offsets import OffsetTracker, decode_done_offsets
+from icareus_bridge.pipeline.parking import (
+    ParkedKey,
+    ParkedKeys,
+    encode_marker,
+    is_parked_marker,
+    marker_key,
+)
+from icareus_bridge.pipeline.scheduler import KeyedScheduler
+
+ROLE = "dispatcher"
+READINESS_CHECK = "dispatcher"
+POLL_BATCH = 500
+IDLE_SLEEP_SECONDS = 0.005
+# A partition whose commit point trails this many read offsets is paused: the finished ones
+# beyond it must still fit in the commit metadata.
+MAX_SPAN = 10_000
+# Part of the shutdown grace kept for the last commit and leaving the group.
+SHUTDOWN_RESERVE_SECONDS = 3.0
+
+# dlq.reason codes of stage dispatch
+REASON_RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
+REASON_PARKED = "PARKED"
+REASON_DISPATCH_FAILED = "DISPATCH_FAILED"
+
+# Without a user, these requests already hold: what they would remove is not there.
+_HOLDS_WITHOUT_USER = frozenset(
+    {RequestType.REMOVE_USER, RequestType.REMOVE_DEVICE, RequestType.CANCEL_PRODUCTS}
+)
+
+
+class StopSignal(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """One consumed record on its way through the scheduler."""
+
+    record: ConsumedRecord
+    generation: int  # of its partition's assignment: a revoked partition's late work is dropped
+    subscription_id: str
+    request: ProvisioningRequest | None = None
+    reset: LifecycleEvent | None = None
+    error: DecodeError | None = None
+
+    @property
+    def record_id(self) -> str:
+        """What a parked key names: the request id, or the event id of a reset."""
+        if self.request is not None:
+            return self.request.request_id
+        if self.reset is not None:
+            return self.reset.event_id
+        return f"{self.record.partition}@{self.record.offset}"
+
+
+@dataclass(slots=True)
+class Finished:
+    """What one item produced; applied at once when the handler returns."""
+
+    records: list[OutboundRecord] = field(default_factory=list)
+    results: list[ProvisioningResult] = field(default_factory=list)
+    park: ParkedKey | None = None
+    unpark: bool = False
+    dead_letter_reason: str | None = None
+
+
+class GaveUp(Exception):
+    """A request that cannot finish now: its retry budget ran out, or the dispatcher failed on
+    it. It goes to the DLQ and its subscription is parked."""
+
+    def __init__(self, reason: str, cause: BaseException) -> None:
+        super().__init__(f"{reason}: {cause}")
+        self.reason = reason
+        self.cause = cause
+
+
+def default_instance_id(settings: Settings) -> str:
+    return settings.dispatcher.instance_id or socket.gethostname()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Dispatcher:
+    """The dispatcher's loop. `await run(stop)` works until `stop` is set, then drains: no new
+    calls, in-flight calls finish within `dispatcher.shutdown_grace_seconds`, last commit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        readiness: Readiness,
+        *,
+        codec: Codec | None = None,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.readiness = readiness
+        self.codec = codec if codec is not None else Codec.from_settings(settings)
+        self.clock_ms = clock_ms
+        self.topics = settings.topics
+        self.group = settings.dispatcher.group_id
+        self.instance_id = default_instance_id(settings)
+        self.log = get_logger("icareus_bridge.dispatcher").bind(instance=self.instance_id)
+        self.offsets = OffsetTracker()
+        self.parked = ParkedKeys()
+        self.accounts = AccountOutcomes()
+        self._generations: dict[int, int] = {}
+        self._generation = 0
+        self._pending: list[OutboundRecord] = []
+        self._last_commit: dict[int, tuple[int, str]] = {}
+        self._paused = False
+        self._failure: BaseException | None = None
+        self._consumer: RequestsConsumer | None = None
+        self._tx: DispatchTransactions | None = None
+        self._client: IcareusClient | None = None
+        self._committer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="dispatcher-commit"
+        )
+        max_in_flight = settings.icareus.max_in_flight
+        self.scheduler: KeyedScheduler[WorkItem] = KeyedScheduler(
+            self._handle,
+            max_in_flight=max_in_flight,
+            max_queued=max(settings.dispatcher.max_queued, max_in_flight),
+            on_error=self._on_handler_error,
+        )
+        readiness.register(READINESS_CHECK, "waiting for partitions")
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, stop: StopSignal) -> None:
+        """Dispatch until `stop` is set, then drain and close."""
+        self._client = IcareusClient(self.settings.icareus, on_retry=self._on_retry)
+        try:
+            self._start()
+            await self._loop(stop)
+            await self._drain()
+        finally:
+            self._close()
+            await self._client.aclose()
+
+    def _start(self) -> None:
+        # The producer first: init_transactions aborts what an earlier incarnation of this
+        # instance left open before any partition is read.
+        kafka = self.settings.kafka
+        tid = transactional_id(kafka, ROLE, self.instance_id)
+        consumer = RequestsConsumer(
+            kafka,
+            self.group,
+            self.topics.requests,
+            instance_id=f"{ROLE}-{self.instance_id}",
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self._consumer = consumer
+        self._tx = DispatchTransactions(kafka, tid, consumer)
+        self.log.info("dispatcher started", requests=self.topics.requests, group=self.group)
+
+    async def _loop(self, stop: StopSignal) -> None:
+        assert self._consumer is not None
+        interval = self.settings.dispatcher.commit_interval_ms / 1000.0
+        next_commit = time.monotonic() + interval
+        while not stop.is_set():
+            if self._failure is not None:
+                raise self._failure
+            records = self._consumer.poll(POLL_BATCH)
+            for record in records:
+                self._accept(record)
+            self._apply_back_pressure()
+            now = time.monotonic()
+            if now >= next_commit:
+                await self._commit()
+                next_commit = now + interval
+            await asyncio.sleep(0 if records else IDLE_SLEEP_SECONDS)
+
+    async def _drain(self) -> None:
+        """Stop taking work, let in-flight calls finish within the grace, commit."""
+        assert self._consumer is not None
+        self.readiness.set(READINESS_CHECK, False, "draining")
+        self._consumer.pause(self.offsets.assigned())
+        self.scheduler.close()  # queued requests are dropped: uncommitted, read again later
+        grace = self.settings.dispatcher.shutdown_grace_seconds
+        budget = max(grace - SHUTDOWN_RESERVE_SECONDS, grace / 2)
+        running = len(self.scheduler.running())
+        try:
+            await asyncio.wait_for(self.scheduler.wait_running(), timeout=budget)
+        except TimeoutError:
+            self.log.warning("shutdown grace ran out; interrupting calls", in_flight=running)
+            self.scheduler.cancel_running()
+            await self.scheduler.wait_running()
+        await self._commit()
+        self.log.info("dispatcher drained", finished_in_flight=running)
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()  # runs the revoke callback: commits what is left
+            except Exception as exc:
+                self.log.warning("consumer close failed", error=str(exc))
+            self._consumer = None
+        if self._tx is not None:
+            self._tx.close()
+            self._tx = None
+        self._committer.shutdown(wait=True)
+
+    # --- rebalance (run inside poll(), on the loop's thread) -------------------------------
+
+    def _on_assign(self, partitions: list[int]) -> None:
+        assert self._consumer is not None
+        self.readiness.set(READINESS_CHECK, False, f"restoring {len(partitions)} partitions")
+        committed = self._consumer.committed(partitions)
+        for p in partitions:
+            self._generation += 1
+            self._generations[p] = self._generation
+            offset, metadata = committed.get(p, (-1, ""))
+            done = decode_done_offsets(offset, metadata) if offset >= 0 else frozenset()
+            self.offsets.assign(p, done)
+            if offset >= 0:
+                self._last_commit[p] = (offset, metadata)
+        started = time.monotonic()
+        read_to_end(
+            self.settings.kafka,
+            self.topics.state,
+            partitions,
+            lambda _p, key, value: self._restore_marker(key, value),
+        )
+        if self._paused:
+            self._consumer.pause(partitions)
+        self.metrics.parked_keys.set(len(self.parked))
+        self.log.info(
+            "partitions assigned",
+            partitions=partitions,
+            parked_keys=len(self.parked),
+            restore_seconds=round(time.monotonic() - started, 3),
+        )
+        self.readiness.set(READINESS_CHECK, True, f"{len(self._generations)} partitions")
+
+    def _restore_marker(self, key: bytes, value: bytes | None) -> None:
+        if is_parked_marker(key):
+            self.parked.restore([(key, value)])
+
+    def _on_revoke(self, partitions: list[int]) -> None:
+        self._commit_now()
+        self._forget(partitions)
+        self.log.info("partitions revoked", partitions=partitions)
+
+    def _on_lost(self, partitions: list[int]) -> None:
+        # Another member may own them already: nothing of theirs may be committed by us. The
+        # buffered work is not split by partition, so start over from the committed offsets.
+        self._forget(partitions)
+        self._failure = RuntimeError(f"partitions {partitions} lost; restarting the dispatcher")
+
+    def _forget(self, partitions: list[int]) -> None:
+        gone = set(partitions)
+        for p in gone:
+            self.offsets.revoke(p)
+            self.parked.drop_partition(p)
+            self._generations.pop(p, None)
+            self._last_commit.pop(p, None)
+        # Queued work of those partitions is dropped; running work finishes, but its results
+        # are discarded (generation check): the partition's new owner runs it again.
+        self.scheduler.discard_queued(lambda item: item.record.partition in gone)
+        self.metrics.parked_keys.set(len(self.parked))
+        if not self._generations:
+            self.readiness.set(READINESS_CHECK, False, "no partitions")
+
+    # --- intake --------------------------------------------------------------------------
+
+    def _accept(self, record: ConsumedRecord) -> None:
+        generation = self._generations.get(record.partition)
+        if generation is None:
+            return  # a late record of a partition that is no longer ours
+        if not self.offsets.register(record.partition, record.offset):
+            return  # finished before a restart: its result is already committed
+        self.scheduler.submit(*self._item(record, generation))
+
+    def _item(self, record: ConsumedRecord, generation: int) -> tuple[str, WorkItem]:
+        key = record.key.decode("utf-8", errors="replace") if record.key is not None else ""
+        item = WorkItem(record=record, generation=generation, subscription_id=key)
+        if record.value is None:
+            item.error = DecodeError(DecodeReason.NOT_AVRO, "record has no value")
+            return key, item
+        try:
+            name, obj = self.codec.decode(record.value)
+            if name == REQUEST:
+                item.request = self.codec.decode_request(record.value)
+                item.subscription_id = item.request.subscription_id
+            elif name == EVENT:
+                item.reset = validate_event(obj)
+                item.subscription_id = item.reset.subscription.id
+            else:
+                raise DecodeError(
+                    DecodeReason.UNKNOWN_SCHEMA, f"a {name} record on the requests topic"
+                )
+        except DecodeError as exc:
+            item.error = exc
+        # Order follows the record key (the partitioner's key), the subscription id.
+        return key or item.subscription_id, item
+
+    def _apply_back_pressure(self) -> None:
+        assert self._consumer is not None
+        assigned = self.offsets.assigned()
+        too_far = any(
+            (tracker := self.offsets.partition(p)) is not None and tracker.span() > MAX_SPAN
+            for p in assigned
+        )
+        if not self._paused and (self.scheduler.saturated() or too_far):
+            self._consumer.pause(assigned)
+            self._paused = True
+            self.log.debug("paused", load=self.scheduler.load)
+        elif self._paused and self.scheduler.has_room() and not too_far:
+            self._consumer.resume(assigned)
+            self._paused = False
+        self.metrics.in_flight_requests.set(self.scheduler.in_flight)
+
+    # --- one item ------------------------------------------------------------------------
+
+    async def _handle(self, item: WorkItem) -> None:
+        finished = await self._process(item)
+        self._finish(item, finished)
+
+    async def _process(self, item: WorkItem) -> Finished:
+        out = Finished()
+        if item.error is not None:
+            return self._dead_letter(
+                item, out, item.error.stage, str(item.error.reason), item.error
+            )
+        parked = self.parked.get(item.subscription_id)
+        if parked is not None:
+            if parked.parked_behind == item.record_id and replay_count_of(item.record.headers):
+                out.unpark = True  # the request that parked the key is back from the DLQ
+            else:
+                return self._dead_letter(
+                    item,
+                    out,
+                    "dispatch",
+                    REASON_PARKED,
+                    f"subscription parked behind request {parked.parked_behind}",
+                    parked_behind=parked.parked_behind,
+                )
+        try:
+            if item.reset is not None:
+                await self._reset(item.reset, out.results)
+            else:
+                assert item.request is not None
+                out.results.append(await self._execute(item.request))
+        except GaveUp as exc:
+            self._dead_letter(item, out, "dispatch", exc.reason, exc.cause)
+            out.park = ParkedKey(
+                subscription_id=item.subscription_id,
+                parked_behind=item.record_id,
+                partition=item.record.partition,
+                parked_at=self.clock_ms(),
+            )
+        return out
+
+    async def _execute(self, request: ProvisioningRequest) -> ProvisioningResult:
+        """Send one request (or decide it without a call); give up only by raising GaveUp."""
+        try:
+            return await self._send(request)
+        except GaveUp:
+            raise
+        except IcareusError as exc:  # transient, after the whole retry budget
+            raise GaveUp(REASON_RETRIES_EXHAUSTED, exc) from exc
+        except Exception as exc:  # a bug must not break the subscription's order either
+            raise GaveUp(REASON_DISPATCH_FAILED, exc) from exc
+
+    async def _send(self, request: ProvisioningRequest) -> ProvisioningResult:
+        assert self._client is not None
+        blocking = self.accounts.blocking_rejection(request)
+        if blocking is not None:
+            return outcomes.rejected_without_call(
+                request,
+                RejectionCode.DEPENDENCY_REJECTED,
+                f"ADD_USER {blocking.request_id} of account {request.account_key} in the same "
+                f"plan was rejected ({blocking.error_code}); nothing sent",
+                self.clock_ms(),
+            )
+        user_id: str | None = None
+        if request.type is not RequestType.ADD_USER:
+            user_id = self.accounts.resolve_user_id(request)
+            if user_id is None:
+                # Planned before its ADD_USER had answered, and that answer is not in memory
+                # (a restart): ask Icareus for the account by its key.
+                lookup = await self._client.get_user(external_id=request.account_key)
+                if lookup.user is None:
+                    return self._without_user(request, lookup)
+                user_id = lookup.user.user_id
+                self.accounts.registered(request.account_key, user_id)
+        started = time.perf_counter()
+        try:
+            call = await self._client.send(request, user_id=user_id)
+        except PermanentIcareusError as exc:
+            self._observe_call(request, started)
+            if request.type is RequestType.ADD_USER:
+                self.accounts.registration_rejected(request, exc.code)
+            return outcomes.rejected_by_icareus(request, exc, user_id, self.clock_ms())
+        self._observe_call(request, started)
+        if request.type is RequestType.ADD_USER and call.user_id is not None:
+            self.accounts.registered(request.account_key, call.user_id)
+        elif request.type is RequestType.REMOVE_USER:
+            self.accounts.removed(request.account_key)
+        return outcomes.completed(request, call, user_id, self.clock_ms())
+
+    def _without_user(self, request: ProvisioningRequest, lookup: CallResult) -> ProvisioningResult:
+        if request.type in _HOLDS_WITHOUT_USER:
+            return outcomes.completed(request, lookup, None, self.clock_ms())
+        return outcomes.rejected_without_call(
+            request,
+            RejectionCode.ACCOUNT_NOT_REGISTERED,
+            f"account {request.account_key} is not registered in Icareus",
+            self.clock_ms(),
+        )
+
+    async def _reset(self, event: LifecycleEvent, results: list[ProvisioningResult]) -> None:
+        """RESET_SUBSCRIPTION: read what Icareus really holds for every account the
+        subscription can have, plan the event against that, and run the plan here, in the
+        subscription's turn (after every earlier request of it)."""
+        assert self._client is not None
+        sub = event.subscription
+        observed: dict[str, AccountState] = {}
+        try:
+            for distributor in _reset_order(
+                sub, [d.code for d in self.settings.provider.distributors]
+            ):
+                key = account_key(sub.number, distributor)
+                found = await self._client.get_user(external_id=key)
+                if found.user is None:
+                    continue
+                user = found.user
+                observed[distributor] = AccountState(
+                    distributor=distributor,
+                    account_key=key,
+                    registered=True,
+                    user_id=user.user_id,
+                    products=frozenset(user.products),
+                    devices=dict(user.devices),
+                )
+                self.accounts.registered(key, user.user_id)
+        except IcareusError as exc:
+            raise GaveUp(REASON_RETRIES_EXHAUSTED, exc) from exc
+        state = observed_state(None, sub.id, sub.number, observed.values())
+        decision = plan(state, event, self.settings.provider)
+        now = self.clock_ms()
+        results.extend(rejection_result(r, event, executed_at=now) for r in decision.rejections)
+        for request in decision.requests:
+            results.append(await self._execute(request))
+        self.log.info(
+            "subscription reset",
+            subscription_id=sub.id,
+            event_id=event.event_id,
+            accounts_found=len(observed),
+            requests=len(decision.requests),
+            rejections=len(decision.rejections),
+        )
+
+    # --- turning outcomes into records ---------------------------------------------------
+
+    def _dead_letter(
+        self,
+        item: WorkItem,
+        out: Finished,
+        stage: str,
+        reason: str,
+        error: BaseException | str,
+        *,
+        parked_behind: str | None = None,
+    ) -> Finished:
+        rec = item.record
+        now = self.clock_ms()
+        attempts, first, last, status, excerpt = 0, None, None, None, None
+        cause = error
+        if isinstance(cause, IcareusError):
+            attempts = cause.attempts
+            first = int(cause.first_failure_at * 1000)
+            last = int(cause.last_failure_at * 1000)
+            status = cause.http_status
+            excerpt = cause.response_excerpt or None
+        headers = dead_letter_headers(
+            cast(Stage, stage),
+            reason,
+            error,
+            Origin(rec.topic, rec.partition, rec.offset, rec.timestamp_ms),
+            self.group,
+            now_ms=now,
+            attempts=attempts,
+            first_failure_at=first,
+            last_failure_at=last,
+            http_status=status,
+            response_excerpt=excerpt,
+            replay_count=replay_count_of(rec.headers),
+            parked_behind=parked_behind,
+        )
+        out.records.append(OutboundRecord(self.topics.dlq, rec.key, rec.value, headers=headers))
+        out.dead_letter_reason = f"{stage}:{reason}"
+        return out
+
+    def _finish(self, item: WorkItem, finished: Finished) -> None:
+        """Buffer what the item produced and mark its offset finished, in one step (nothing
+        can run between them: the next commit takes both or neither)."""
+        partition = item.record.partition
+        if self._generations.get(partition) != item.generation:
+            return  # revoked meanwhile: the new owner runs it again
+        records = list(finished.records)
+        for result in finished.results:
+            records.append(
+                OutboundRecord(
+                    self.topics.results,
+                    result.subscription_id.encode("utf-8"),
+                    self.codec.encode_result(result),
+                    partition=partition,
+                )
+            )
+            self._count_result(result)
+        if finished.unpark:
+            self.parked.unpark(item.subscription_id)
+            records.append(
+                OutboundRecord(
+                    self.topics.state, marker_key(item.subscription_id), None, partition=partition
+                )
+            )
+            self.log.info(
+                "subscription unparked",
+                subscription_id=item.subscription_id,
+                request_id=item.record_id,
+            )
+        if finished.park is not None:
+            self.parked.park(finished.park)
+            records.append(
+                OutboundRecord(
+                    self.topics.state,
+                    marker_key(item.subscription_id),
+                    encode_marker(finished.park),
+                    partition=partition,
+                )
+            )
+            self.log.warning(
+                "subscription parked",
+                subscription_id=item.subscription_id,
+                request_id=item.record_id,
+                reason=finished.dead_letter_reason,
+            )
+        if finished.dead_letter_reason is not None:
+            stage, _, reason = finished.dead_letter_reason.partition(":")
+            self.metrics.dead_letters.labels(stage, reason).inc()
+        self.metrics.parked_keys.set(len(self.parked))
+        self._pending.extend(records)
+        self.offsets.mark_done(partition, item.record.offset)
+
+    def _count_result(self, result: ProvisioningResult) -> None:
+        t = result.type.value
+        self.metrics.results.labels(t, result.life_cycle_state.value).inc()
+        if result.created_at:
+            seconds = max(self.clock_ms() - result.created_at, 0) / 1000.0
+            self.metrics.event_to_result_seconds.labels(t).observe(seconds)
+        self.log.info(
+            "result",
+            request_id=result.request_id,
+            subscription_id=result.subscription_id,
+            event_id=result.event_id,
+            type=t,
+            state=result.life_cycle_state.value,
+            error_code=result.error_code,
+            attempts=result.attempts,
+        )
+
+    def _observe_call(self, request: ProvisioningRequest, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.icareus_call_seconds.labels(request.type.value).observe(elapsed)
+
+    def _on_retry(self, reason: str) -> None:
+        self.metrics.retries.labels(reason).inc()
+
+    def _on_handler_error(self, item: WorkItem, exc: BaseException) -> None:
+        # `_process` turns every failure into a dead letter; reaching here is a bug in the
+        # bookkeeping itself, and going on could break the order or lose a result.
+        self.log.error("dispatcher bookkeeping failed", request_id=item.record_id, error=repr(exc))
+        self._failure = exc
+
+    # --- committing ----------------------------------------------------------------------
+
+    def _take_batch(self) -> tuple[list[OutboundRecord], dict[int, tuple[int, str]]]:
+        records, self._pending = self._pending, []
+        points = self.offsets.commit_points()
+        changed = {p: v for p, v in points.items() if self._last_commit.get(p) != v}
+        return records, changed
+
+    def _committed(self, records: int, offsets: dict[int, tuple[int, str]], seconds: float) -> None:
+        self._last_commit.update(offsets)
+        self.metrics.transactions.labels(ROLE, "committed").inc()
+        self.metrics.transaction_seconds.labels(ROLE).observe(seconds)
+        self.metrics.transaction_events.labels(ROLE).observe(records)
+        assert self._consumer is not None
+        for p, (offset, _) in offsets.items():
+            lag = self._consumer.lag(p, offset)
+            if lag is not None:
+                self.metrics.set_consumer_lag(self.group, self.topics.requests, p, lag)
+
+    async def _commit(self) -> None:
+        """Results, dead letters and markers of finished requests, with their offsets."""
+        records, offsets = self._take_batch()
+        if not records and not offsets:
+            return
+        assert self._tx is not None
+        started = time.monotonic()
+        try:
+            await asyncio.wrap_future(self._committer.submit(self._tx.commit, records, offsets))
+        except Exception:
+            self.metrics.transactions.labels(ROLE, "aborted").inc()
+            raise
+        self._committed(len(records), offsets, time.monotonic() - started)
+
+    def _commit_now(self) -> None:
+        """The same, blocking: inside a rebalance callback, before partitions change hands."""
+        records, offsets = self._take_batch()
+        if not records and not offsets:
+            return
+        assert self._tx is not None
+        started = time.monotonic()
+        self._committer.submit(self._tx.commit, records, offsets).result()
+        self._committed(len(records), offsets, time.monotonic() - started)
+
+
+def _reset_order(sub: Subscription, configured: list[str]) -> list[str]:
+    """Icareus distributors in viewing-point order: first appearance in the subscription, then
+    the other configured ones (an account CRM no longer mentions may still exist)."""
+    order: list[str] = []
+    for d in [s.distributor for s in sub.services] + [i.distributor for i in sub.installed_items]:
+        if d is not None and d in configured and d not in order:
+            order.append(d)
+    return order + [d for d in configured if d not in order]
+
+
+def run_dispatcher(
+    settings: Settings, metrics: Metrics, readiness: Readiness, stop: StopSignal
+) -> None:
+    """The service's entry to the dispatcher role: blocks (its own event loop) until `stop`
+    is set and the drain is over. Raises when the dispatcher cannot go on (the process should
+    exit non-zero and be restarted: it resumes from its committed offsets)."""
+    asyncio.run(Dispatcher(settings, metrics, readiness).run(stop))
+
+
+__all__ = ["Dispatcher", "GaveUp", "WorkItem", "run_dispatcher"]
