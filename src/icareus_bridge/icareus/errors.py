@@ -1,0 +1,300 @@
+"""The one classification of Icareus outcomes: every answer or transport failure of a call is a
+success (`Outcome`), a `TransientIcareusError` (retry it) or a `PermanentIcareusError` (reject).
+
+| what happened                                              | result                          |
+|------------------------------------------------------------|---------------------------------|
+| JSON `status: ok`                                          | success                         |
+| `USER_EXISTS` on add_user (its userId adopted)             | success                         |
+| `USER_NOT_FOUND` on remove_user (and on get_user: no user) | success                         |
+| any other `status: error`, also under HTTP 200             | permanent, Icareus' code        |
+| HTTP 4xx other than 429                                    | permanent, `HTTP_<status>`/code |
+| HTTP 429 (Retry-After kept)                                | transient `throttled`           |
+| HTTP 5xx                                                   | transient `server_error`        |
+| a body that is not a JSON object with a status             | transient `bad_body`            |
+| connect error, timeout, reset (`from_transport_error`)     | transient, reason named after it |
+
+Messages and excerpts never carry the organization key, tokens or personal data."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import httpx
+
+TransientReason = Literal["connect", "timeout", "reset", "throttled", "server_error", "bad_body"]
+
+EXCERPT_MAX_BYTES = 1024
+REDACTED = "<redacted>"
+
+# Operations on which an Icareus error code means "already as wanted".
+SUCCESS_CODES: Mapping[str, frozenset[str]] = {
+    "add_user": frozenset({"USER_EXISTS"}),
+    "remove_user": frozenset({"USER_NOT_FOUND"}),
+    "get_user": frozenset({"USER_NOT_FOUND"}),
+}
+
+# Field names whose values are secrets or personal data (compared case-insensitively).
+SENSITIVE_FIELDS = frozenset(
+    name.lower()
+    for name in (
+        "token",
+        "key",
+        "organizationKey",
+        "secret",
+        "password",
+        "firstName",
+        "lastName",
+        "emailAddress",
+        "email",
+        "phoneNumber",
+        "phone",
+        "postalCode",
+        "cityName",
+        "city",
+        "first_name",
+        "last_name",
+        "postal_code",
+    )
+)
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+class IcareusError(Exception):
+    """A call that did not succeed. `attempts`, `first_failure_at` and `last_failure_at` (Unix
+    seconds) are filled in by the client once retrying is over."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str,
+        http_status: int | None = None,
+        response_excerpt: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.operation = operation
+        self.http_status = http_status
+        self.response_excerpt = response_excerpt
+        self.attempts = 1
+        now = time.time()
+        self.first_failure_at = now
+        self.last_failure_at = now
+
+
+class TransientIcareusError(IcareusError):
+    """Worth retrying: Icareus was unreachable, slow, throttling or failing internally."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str,
+        reason: TransientReason,
+        retry_after: float | None = None,
+        http_status: int | None = None,
+        response_excerpt: str = "",
+    ) -> None:
+        super().__init__(
+            message,
+            operation=operation,
+            http_status=http_status,
+            response_excerpt=response_excerpt,
+        )
+        self.reason: TransientReason = reason
+        self.retry_after = retry_after
+
+
+class PermanentIcareusError(IcareusError):
+    """Icareus refused the call; repeating it cannot help. `code` is Icareus' error code (or
+    `HTTP_<status>` when the answer had none) and `icareus_message` its message, redacted."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str,
+        code: str,
+        icareus_message: str,
+        http_status: int | None = None,
+        response_excerpt: str = "",
+    ) -> None:
+        super().__init__(
+            message,
+            operation=operation,
+            http_status=http_status,
+            response_excerpt=response_excerpt,
+        )
+        self.code = code
+        self.icareus_message = icareus_message
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A successful answer: the JSON body, and the Icareus code when success came as an error
+    code that means "already so" (USER_EXISTS, USER_NOT_FOUND), else None."""
+
+    body: dict[str, Any]
+    code: str | None = None
+
+
+def redact(value: Any) -> Any:
+    """A copy of a JSON value with secrets and personal data replaced, emails masked in text."""
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if str(k).lower() in SENSITIVE_FIELDS else redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return _EMAIL.sub(REDACTED, value)
+    return value
+
+
+def response_excerpt(body: bytes, parsed: Any = None) -> str:
+    """At most 1 KiB of the answer, redacted; for DLQ headers and error reports."""
+    if parsed is None:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+    if parsed is not None:
+        text = json.dumps(redact(parsed), separators=(",", ":"), ensure_ascii=False)
+    else:
+        text = _EMAIL.sub(REDACTED, body.decode("utf-8", errors="replace"))
+    raw = text.encode("utf-8")
+    if len(raw) <= EXCERPT_MAX_BYTES:
+        return text
+    return raw[: EXCERPT_MAX_BYTES - 3].decode("utf-8", errors="ignore") + "..."
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        value = headers.get(name.lower())
+    return value
+
+
+def classify(operation: str, http_status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+    """Decide what one HTTP answer means; returns the success or raises the error."""
+    try:
+        parsed: Any = json.loads(body) if body else None
+    except ValueError:
+        parsed = None
+    excerpt = response_excerpt(body, parsed)
+
+    if http_status == 429:
+        retry_after = parse_retry_after(_header(headers, "Retry-After"))
+        raise TransientIcareusError(
+            f"Icareus {operation}: throttled (HTTP 429, Retry-After {retry_after})",
+            operation=operation,
+            reason="throttled",
+            retry_after=retry_after,
+            http_status=http_status,
+            response_excerpt=excerpt,
+        )
+    if http_status >= 500:
+        raise TransientIcareusError(
+            f"Icareus {operation}: server error (HTTP {http_status})",
+            operation=operation,
+            reason="server_error",
+            retry_after=parse_retry_after(_header(headers, "Retry-After")),
+            http_status=http_status,
+            response_excerpt=excerpt,
+        )
+    status = parsed.get("status") if isinstance(parsed, dict) else None
+    if not 200 <= http_status < 300:
+        code = str(parsed.get("code") or f"HTTP_{http_status}") if status else f"HTTP_{http_status}"
+        message = redact(str(parsed.get("message") or "")) if status else ""
+        raise PermanentIcareusError(
+            f"Icareus refused {operation}: {code}"
+            + (f": {message}" if message else "")
+            + f" (HTTP {http_status})",
+            operation=operation,
+            code=code,
+            icareus_message=message,
+            http_status=http_status,
+            response_excerpt=excerpt,
+        )
+    if not isinstance(parsed, dict) or status not in ("ok", "error"):
+        raise TransientIcareusError(
+            f"Icareus {operation}: answer is not a JSON object with a status (HTTP {http_status})",
+            operation=operation,
+            reason="bad_body",
+            http_status=http_status,
+            response_excerpt=excerpt,
+        )
+    if status == "ok":
+        return Outcome(parsed)
+    code = str(parsed.get("code") or "UNKNOWN_ERROR")
+    if code in SUCCESS_CODES.get(operation, frozenset()):
+        return Outcome(parsed, code)
+    message = redact(str(parsed.get("message") or ""))
+    raise PermanentIcareusError(
+        f"Icareus refused {operation}: {code}"
+        + (f": {message}" if message else "")
+        + f" (HTTP {http_status})",
+        operation=operation,
+        code=code,
+        icareus_message=message,
+        http_status=http_status,
+        response_excerpt=excerpt,
+    )
+
+
+def from_transport_error(operation: str, exc: BaseException) -> TransientIcareusError:
+    """Map a transport failure (httpx, aiohttp, or the OS underneath) to its transient reason."""
+    reason: TransientReason
+    if isinstance(exc, (httpx.ConnectTimeout, aiohttp.ConnectionTimeoutError)):
+        reason = "connect"
+    elif isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        reason = "timeout"
+    elif isinstance(
+        exc, (httpx.ConnectError, aiohttp.ClientConnectorError, ConnectionRefusedError)
+    ):
+        reason = "connect"
+    else:
+        reason = "reset"
+    detail = type(exc).__name__ + (f": {str(exc)[:200]}" if str(exc) else "")
+    return TransientIcareusError(
+        f"Icareus {operation}: {reason} ({detail})", operation=operation, reason=reason
+    )
+
+
+__all__ = [
+    "EXCERPT_MAX_BYTES",
+    "IcareusError",
+    "Outcome",
+    "PermanentIcareusError",
+    "TransientIcareusError",
+    "TransientReason",
+    "classify",
+    "from_transport_error",
+    "parse_retry_after",
+    "redact",
+    "response_excerpt",
+]
