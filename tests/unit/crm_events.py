@@ -78,7 +78,9 @@ def svc(
 def item(
     iid: str, serial: str, good: str = "STB-4K", distributor: str | None = "VP1"
 ) -> InstalledItem:
-    return InstalledItem(id=iid, serial_number=serial, physical_good_code=good, distributor=distributor)
+    return InstalledItem(
+        id=iid, serial_number=serial, physical_good_code=good, distributor=distributor
+    )
 
 
 def subscription(
@@ -108,8 +110,7 @@ def event(
     classification: str | None = None,
 ) -> LifecycleEvent:
     return LifecycleEvent(
-        event_id=event_id
-        or str(uuid.uuid5(uuid.NAMESPACE_URL, f"{sub.id}/{sub.version}/{code}")),
+        event_id=event_id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"{sub.id}/{sub.version}/{code}")),
         occurred_at=1_764_000_000_000 + sub.version * 1000,
         action=Action(code=code, classification=classification),
         subscription=sub,

@@ -1,0 +1,231 @@
+"""The Avro codec: single-object encoding per the Avro specification, the Confluent registry
+format against a real (tiny, in-process) registry over HTTP, and typed decode errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import pytest
+
+from icareus_bridge.codec import (
+    EVENT,
+    Codec,
+    DecodeError,
+    DecodeReason,
+    SchemaRegistryError,
+    SchemaSet,
+    default_codec,
+    validate_event,
+)
+from icareus_bridge.core.feedback import rejection_result
+from icareus_bridge.core.model import LifeCycleState, ProvisioningResult
+from icareus_bridge.core.plan import plan
+from icareus_bridge.schema_registry import SchemaRegistryClient
+from tests.unit.crm_events import event, item, provider, subscription, svc
+
+SUB = subscription(
+    3,
+    [svc("a", "BASIC-TV", "VP1"), svc("b", "KARAOKE", "VP1")],
+    [item("i", "SN1", "STB-4K", "VP1")],
+)
+EVENT_OBJ = event("ADD_SERVICE", SUB, classification="UPGRADE")
+
+
+def rabin_fingerprint(text: str) -> int:
+    """CRC-64-AVRO exactly as the Avro specification's reference code computes it."""
+    empty = 0xC15D213AA4D7A795
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (empty & -(fp & 1))
+        table.append(fp)
+    fp = empty
+    for b in text.encode("utf-8"):
+        fp = (fp >> 8) ^ table[(fp ^ b) & 0xFF]
+    return fp
+
+
+def test_event_round_trips_through_single_object_encoding() -> None:
+    codec = default_codec()
+    data = codec.encode_event(EVENT_OBJ)
+    assert codec.decode_event(data) == EVENT_OBJ
+
+
+def test_single_object_header_is_c3_01_and_the_little_endian_crc64_of_the_canonical_form() -> None:
+    codec = default_codec()
+    data = codec.encode_event(EVENT_OBJ)
+    canonical = codec.schemas.current[EVENT].canonical
+    assert data[:2] == b"\xc3\x01"
+    assert data[2:10] == rabin_fingerprint(canonical).to_bytes(8, "little")
+    assert canonical.startswith('{"name":"com.crm.provisioning.v1.SubscriptionLifecycleEvent"')
+
+
+def test_requests_results_and_state_round_trip() -> None:
+    codec = default_codec()
+    decision = plan(None, EVENT_OBJ, provider())
+    for r in decision.requests:
+        assert codec.decode_request(codec.encode_request(r)) == r
+    for j in decision.rejections:
+        res = rejection_result(j, EVENT_OBJ)
+        assert codec.decode_result(codec.encode_result(res)) == res
+    done = ProvisioningResult(
+        **{
+            **res.model_dump(),
+            "life_cycle_state": LifeCycleState.COMPLETED,
+            "attempts": 2,
+            "reference_number": "42",
+            "response_payload": '{"status":"ok"}',
+        }
+    )
+    assert codec.decode_result(codec.encode_result(done)) == done
+    encoded = codec.encode_state(decision.state)
+    assert encoded is not None
+    assert codec.decode_state(encoded) == decision.state
+
+
+def test_state_tombstone_is_none_both_ways() -> None:
+    codec = default_codec()
+    assert codec.encode_state(None) is None
+    assert codec.decode_state(None) is None
+
+
+def test_generic_decode_names_the_record() -> None:
+    name, obj = default_codec().decode(default_codec().encode_event(EVENT_OBJ))
+    assert name == "SubscriptionLifecycleEvent"
+    assert obj["occurred_at"] == EVENT_OBJ.occurred_at  # epoch ms stays an int
+
+
+@pytest.mark.parametrize("data", [b"", b'{"event_id": 1}', b"\xc3", b"\x00\x00\x00\x00\x01abc"])
+def test_bytes_without_avro_framing_are_not_avro(data: bytes) -> None:
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode(data)
+    assert err.value.reason is DecodeReason.NOT_AVRO and err.value.stage == "decode"
+
+
+def test_an_unknown_fingerprint_is_an_unknown_schema() -> None:
+    data = bytearray(default_codec().encode_event(EVENT_OBJ))
+    data[5] ^= 0xFF
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode(bytes(data))
+    assert err.value.reason is DecodeReason.UNKNOWN_SCHEMA
+
+
+@pytest.mark.parametrize("cut", [11, 30, -1])
+def test_a_truncated_body_is_malformed(cut: int) -> None:
+    data = default_codec().encode_event(EVENT_OBJ)
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode(data[:cut])
+    assert err.value.reason is DecodeReason.MALFORMED
+
+
+def test_trailing_bytes_are_malformed() -> None:
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode(default_codec().encode_event(EVENT_OBJ) + b"\x00")
+    assert err.value.reason is DecodeReason.MALFORMED
+
+
+def test_an_unknown_action_code_is_invalid_and_names_the_field() -> None:
+    bad = EVENT_OBJ.model_dump()
+    bad["action"]["code"] = "TELEPORT_SUBSCRIPTION"
+    data = default_codec().encode(EVENT, bad)
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode_event(data)
+    assert err.value.reason is DecodeReason.INVALID
+    assert err.value.field == "action.code" and err.value.stage == "validate"
+
+
+def test_validation_names_the_field_that_breaks_the_model() -> None:
+    bad = EVENT_OBJ.model_dump()
+    bad["subscription"]["services"][1]["state"] = "HALF_EFFECTIVE"
+    with pytest.raises(DecodeError) as err:
+        validate_event(bad)
+    assert err.value.reason is DecodeReason.INVALID
+    assert err.value.field == "subscription.services.1.state"
+
+
+# --- Confluent wire format against a registry over HTTP -------------------------------------
+
+
+class _FakeRegistry(BaseHTTPRequestHandler):
+    schemas: ClassVar[list[tuple[str, str]]] = []  # (subject, schema); id = index + 1
+
+    def _send(self, code: int, body: dict[str, Any]) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        parts = self.path.strip("/").split("/")
+        subject = parts[1]
+        for n, (subj, schema) in enumerate(self.schemas, 1):
+            if schema == body["schema"] and subj == subject:
+                self._send(200, {"id": n, "subject": subject, "version": 1})
+                return
+        if len(parts) == 3 and parts[2] == "versions":
+            self.schemas.append((subject, body["schema"]))
+            self._send(200, {"id": len(self.schemas)})
+        else:
+            self._send(404, {"error_code": 40403, "message": "Schema not found"})
+
+    def do_GET(self) -> None:
+        schema_id = int(self.path.rsplit("/", 1)[1])
+        if 1 <= schema_id <= len(self.schemas):
+            self._send(200, {"schema": self.schemas[schema_id - 1][1]})
+        else:
+            self._send(404, {"error_code": 40403, "message": "Schema not found"})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def registry_url() -> Iterator[str]:
+    _FakeRegistry.schemas = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeRegistry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_registry_format_registers_under_topic_value_and_round_trips(registry_url: str) -> None:
+    client = SchemaRegistryClient(registry_url)
+    codec = Codec(
+        SchemaSet(), registry=client, subjects={EVENT: "crm.subscription.lifecycle.v1-value"}
+    )
+    data = codec.encode_event(EVENT_OBJ)
+    assert data[0] == 0 and int.from_bytes(data[1:5], "big") == 1
+    assert _FakeRegistry.schemas[0][0] == "crm.subscription.lifecycle.v1-value"
+    assert client.lookup("crm.subscription.lifecycle.v1-value", _FakeRegistry.schemas[0][1]) == 1
+    # a fresh reader (empty caches) fetches the writer schema by id
+    reader = Codec(SchemaSet(), registry=SchemaRegistryClient(registry_url))
+    assert reader.decode_event(data) == EVENT_OBJ
+    # and still reads single-object encoded bytes
+    assert reader.decode_event(default_codec().encode_event(EVENT_OBJ)) == EVENT_OBJ
+
+
+def test_registry_id_unknown_to_the_registry_is_an_unknown_schema(registry_url: str) -> None:
+    codec = Codec(SchemaSet(), registry=SchemaRegistryClient(registry_url))
+    with pytest.raises(DecodeError) as err:
+        codec.decode(b"\x00\x00\x00\x00\x09\x02")
+    assert err.value.reason is DecodeReason.UNKNOWN_SCHEMA
+
+
+def test_registry_unreachable_is_not_the_inputs_fault() -> None:
+    codec = Codec(
+        SchemaSet(), registry=SchemaRegistryClient("http://127.0.0.1:9", timeout_seconds=0.5)
+    )
+    with pytest.raises(SchemaRegistryError):
+        codec.encode_event(EVENT_OBJ)
+    with pytest.raises(SchemaRegistryError):
+        codec.decode(b"\x00\x00\x00\x00\x01\x02")
