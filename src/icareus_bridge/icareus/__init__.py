@@ -1,1 +1,23 @@
-"""icareus package."""
+"""The Icareus Suite adapter: `IcareusClient` sends the provisioning calls; every failure is a
+`TransientIcareusError` (retried, then dead-lettered) or a `PermanentIcareusError` (rejected).
+The simulator lives in `icareus_bridge.icareus.simulator`."""
+
+from icareus_bridge.icareus.client import CallResult, IcareusClient, IcareusUser
+from icareus_bridge.icareus.errors import (
+    IcareusError,
+    Outcome,
+    PermanentIcareusError,
+    TransientIcareusError,
+    classify,
+)
+
+__all__ = [
+    "CallResult",
+    "IcareusClient",
+    "IcareusError",
+    "IcareusUser",
+    "Outcome",
+    "PermanentIcareusError",
+    "TransientIcareusError",
+    "classify",
+]

@@ -4,6 +4,7 @@ exponential backoff with jitter, and an answer's Retry-After as the floor of the
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from tenacity import (
@@ -37,6 +38,16 @@ class RetryAfterFloor:
         return wait
 
 
+# tenacity 9.2 renamed `initial` to `multiplier` (the old name warns); accept both.
+_HAS_MULTIPLIER = "multiplier" in inspect.signature(wait_exponential_jitter).parameters
+
+
+def _exponential_jitter(first: float, most: float, jitter: float) -> wait_exponential_jitter:
+    if _HAS_MULTIPLIER:
+        return wait_exponential_jitter(multiplier=first, max=most, jitter=jitter)
+    return wait_exponential_jitter(initial=first, max=most, jitter=jitter)
+
+
 def build_retrying(
     settings: RetrySettings, on_retry: OnRetry | None = None, *, elapsed: float = 0.0
 ) -> AsyncRetrying:
@@ -59,10 +70,10 @@ def build_retrying(
         stop=stop_after_attempt(settings.max_attempts)
         | stop_before_delay(max(0.0, settings.max_total_seconds - elapsed)),
         wait=RetryAfterFloor(
-            wait_exponential_jitter(
-                initial=settings.initial_backoff_seconds,
-                max=settings.max_backoff_seconds,
-                jitter=settings.jitter_seconds,
+            _exponential_jitter(
+                settings.initial_backoff_seconds,
+                settings.max_backoff_seconds,
+                settings.jitter_seconds,
             )
         ),
         before_sleep=before_sleep,
