@@ -187,7 +187,9 @@ class Checkpoint:
                 )
             if self._next_offsets:  # 3
                 offsets = [
-                    TopicPartition(t, p, o, self._offset_metadata.get((t, p)))
+                    TopicPartition(t, p, o, self._offset_metadata[(t, p)])
+                    if (t, p) in self._offset_metadata
+                    else TopicPartition(t, p, o)
                     for (t, p), o in self._next_offsets.items()
                 ]
                 self.producer.send_offsets_to_transaction(
