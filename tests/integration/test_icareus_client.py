@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from icareus_bridge.config import IcareusOperation, IcareusSettings, RetrySettings
 from icareus_bridge.core.model import ProvisioningRequest, RequestType, SubscriberProfile
@@ -65,7 +66,7 @@ def settings(
     return IcareusSettings(
         base_url=base_url or sim.base_url,
         organization_id=org,
-        key=key,
+        key=SecretStr(key),
         http_backend=backend,
         connect_timeout_seconds=1.0,
         read_timeout_seconds=read_timeout,
