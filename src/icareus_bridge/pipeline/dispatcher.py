@@ -609,7 +609,9 @@ class Dispatcher:
         if result.created_at:
             seconds = max(self.clock_ms() - result.created_at, 0) / 1000.0
             self.metrics.event_to_result_seconds.labels(t).observe(seconds)
-        self.log.info(
+        # Completed requests are the bulk: counted in metrics, logged at debug only.
+        log = self.log.debug if result.life_cycle_state.value == "COMPLETED" else self.log.info
+        log(
             "result",
             request_id=result.request_id,
             subscription_id=result.subscription_id,
