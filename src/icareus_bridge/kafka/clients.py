@@ -6,14 +6,20 @@ same partition number whichever client produced it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from icareus_bridge.config import KafkaSettings
 
 ErrorCallback = Callable[[Any], None]
+
+
+class PartitionLag(NamedTuple):
+    topic: str
+    partition: int
+    lag: int
 
 
 def consumer(
@@ -124,3 +130,24 @@ def idempotent_producer(
 def transactional_id(kafka: KafkaSettings, role: str, instance: str) -> str:
     """`<transactional_id_prefix>-<role>-<instance>`: stable per instance across restarts."""
     return f"{kafka.transactional_id_prefix}-{role}-{instance}"
+
+
+def is_partition_eof(err: Any) -> bool:
+    """A consumer 'error' that only says the end of a partition was reached."""
+    return bool(err is not None and err.code() == KafkaError._PARTITION_EOF)
+
+
+def partition_lag(consumer: Consumer, partitions: Iterable[tuple[str, int]]) -> list[PartitionLag]:
+    """Records between the consumer's position and the end of each partition, from the
+    watermarks of the last fetch (no broker round trip)."""
+    out: list[PartitionLag] = []
+    tps = [TopicPartition(t, p) for t, p in partitions]
+    if not tps:
+        return out
+    for tp in consumer.position(tps):
+        if tp.offset < 0:
+            continue
+        _low, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high is not None and high >= 0:
+            out.append(PartitionLag(tp.topic, tp.partition, max(high - tp.offset, 0)))
+    return out

@@ -1,0 +1,541 @@
+"""The planner, first stage of the running pipeline: CRM lifecycle events in; Icareus requests,
+the planner's own rejections (as results), state changelog records and dead letters out — all
+of one batch in one Kafka transaction together with the input offsets. It also reads the
+results topic and folds each outcome into the known state (feedback).
+
+Two halves: `PlannerLogic` turns one input record into the records it causes (no Kafka, no
+threads; the clock is injected), and `Planner` runs the consumer / transactional producer loop,
+the state store and the rebalance protocol around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from icareus_bridge.codec import DecodeError
+from icareus_bridge.config import Settings
+from icareus_bridge.core.feedback import rejection_result
+from icareus_bridge.core.model import (
+    LifecycleEvent,
+    LifeCycleState,
+    ProvisioningRequest,
+    ProvisioningResult,
+    SubscriptionRecord,
+)
+from icareus_bridge.kafka import clients
+from icareus_bridge.kafka.checkpoint import (
+    Checkpoint,
+    OutboundRecord,
+    TransactionAborted,
+    TransactionFatal,
+)
+from icareus_bridge.observability.http import Readiness
+from icareus_bridge.observability.logging import get_logger
+from icareus_bridge.observability.metrics import Metrics
+from icareus_bridge.pipeline.dead_letter import Origin, dead_letter_headers, replay_count_of
+from icareus_bridge.pipeline.state_store import StateStore
+
+ROLE = "planner"
+READINESS_CHECK = "planner"
+
+PlanFn = Callable[[SubscriptionRecord | None, LifecycleEvent, Any], Any]
+FoldFn = Callable[[SubscriptionRecord, ProvisioningResult], SubscriptionRecord]
+Lookup = Callable[[int, bytes], SubscriptionRecord | None]
+
+
+class PlannerCodec(Protocol):
+    """The part of the bridge's Avro codec the planner uses (`icareus_bridge.codec.Codec`)."""
+
+    def decode_event(self, data: bytes) -> LifecycleEvent: ...
+    def decode_result(self, data: bytes) -> ProvisioningResult: ...
+    def encode_request(self, request: ProvisioningRequest) -> bytes: ...
+    def encode_result(self, result: ProvisioningResult) -> bytes: ...
+    def encode_state(self, record: SubscriptionRecord | None) -> bytes | None: ...
+    def decode_state(self, data: bytes | None) -> SubscriptionRecord | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """One consumed record, detached from the Kafka client."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | str | None]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    partition: int
+    key: bytes
+    value: bytes | None
+    record: SubscriptionRecord | None
+
+
+@dataclass(slots=True)
+class Handled:
+    """What one input record causes: records to produce and at most one state change.
+    `outcome` is for metrics and tests: planned, skipped, dead_lettered, feedback_applied,
+    feedback_ignored, feedback_unknown."""
+
+    outcome: str
+    outputs: list[OutboundRecord] = field(default_factory=list)
+    state: StateChange | None = None
+    action: str = ""
+    skip_reason: str | None = None
+    dead_letter: tuple[str, str] | None = None  # (stage, reason)
+    request_types: list[str] = field(default_factory=list)
+    rejections: list[tuple[str, str]] = field(default_factory=list)  # (type, code)
+    result_state: str = ""
+
+
+class PlannerLogic:
+    """One input record -> the records it causes. No Kafka client; state is read through
+    `lookup` (which sees the open batch's own writes first)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        codec: PlannerCodec,
+        plan: PlanFn,
+        fold: FoldFn,
+        *,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.group = settings.planner.group_id
+        self.codec = codec
+        self.plan = plan
+        self.fold = fold
+        self.clock_ms = clock_ms
+
+    # --- dead letters -------------------------------------------------------------------
+
+    def dead_letter(
+        self, rec: InboundRecord, stage: str, reason: str, error: BaseException | str
+    ) -> OutboundRecord:
+        headers = dead_letter_headers(
+            stage,  # type: ignore[arg-type]  # one of the planner's stages
+            reason,
+            error,
+            Origin(rec.topic, rec.partition, rec.offset, rec.timestamp_ms),
+            self.group,
+            now_ms=self.clock_ms(),
+            attempts=1,
+            replay_count=replay_count_of(rec.headers),
+        )
+        return OutboundRecord(self.topics.dlq, rec.key, rec.value, headers=headers)
+
+    def _dead(
+        self, rec: InboundRecord, stage: str, reason: str, error: BaseException | str, action: str
+    ) -> Handled:
+        return Handled(
+            outcome="dead_lettered",
+            outputs=[self.dead_letter(rec, stage, reason, error)],
+            action=action,
+            dead_letter=(stage, reason),
+        )
+
+    # --- lifecycle events ---------------------------------------------------------------
+
+    def on_event(self, rec: InboundRecord, lookup: Lookup) -> Handled:
+        """decode → validate → state lookup → plan → requests, rejections, new state."""
+        if rec.value is None:
+            return self._dead(rec, "decode", "NOT_AVRO", "record has no value", "")
+        try:
+            event = self.codec.decode_event(rec.value)
+        except DecodeError as exc:
+            return self._dead(rec, exc.stage, str(exc.reason), exc, "")
+        sub = event.subscription
+        key = sub.id.encode()
+        action = event.action.code
+        if rec.key is not None and rec.key != key:
+            return self._dead(
+                rec,
+                "validate",
+                "KEY_MISMATCH",
+                "record key is not the event's subscription.id",
+                action,
+            )
+        state = lookup(rec.partition, key)
+        try:
+            decision = self.plan(state, event, self.settings.provider)
+        except Exception as exc:  # a rule the state machine cannot apply: never stop the stage
+            return self._dead(rec, "plan", "PLAN_FAILED", exc, action)
+        if decision.skipped is not None:
+            return Handled(outcome="skipped", action=action, skip_reason=str(decision.skipped))
+        out: list[OutboundRecord] = []
+        p = rec.partition
+        for request in decision.requests:
+            out.append(
+                OutboundRecord(
+                    self.topics.requests, key, self.codec.encode_request(request), partition=p
+                )
+            )
+        if decision.rejections:
+            now = self.clock_ms()
+            for rejection in decision.rejections:
+                result = rejection_result(rejection, event, executed_at=now)
+                out.append(
+                    OutboundRecord(
+                        self.topics.results, key, self.codec.encode_result(result), partition=p
+                    )
+                )
+        new_state: SubscriptionRecord = decision.state
+        change = StateChange(p, key, self.codec.encode_state(new_state), new_state)
+        return Handled(
+            outcome="planned",
+            outputs=out,
+            state=change,
+            action=action,
+            request_types=[r.type.value for r in decision.requests],
+            rejections=[(r.type.value, r.code.value) for r in decision.rejections],
+        )
+
+    # --- feedback -----------------------------------------------------------------------
+
+    def on_result(
+        self, rec: InboundRecord, lookup: Lookup, locate: Callable[[bytes], int | None]
+    ) -> Handled:
+        """A result of the dispatcher (or the planner's own rejection): fold it into the state
+        of its subscription, so the next event plans from what Icareus really holds."""
+        if rec.value is None:
+            return Handled(outcome="feedback_ignored")
+        try:
+            result = self.codec.decode_result(rec.value)
+        except DecodeError as exc:
+            return self._dead(rec, exc.stage, str(exc.reason), exc, "")
+        key = result.subscription_id.encode()
+        partition = rec.partition
+        kind, state_name = result.type.value, result.life_cycle_state.value
+        state = lookup(partition, key)
+        if state is None:
+            # Co-partitioned topics put feedback in the partition of its subscription; a result
+            # elsewhere means a producer used another partitioner: find the owner if local.
+            other = locate(key)
+            if other is None:
+                return Handled(outcome="feedback_unknown", action=kind, result_state=state_name)
+            partition = other
+            state = lookup(partition, key)
+            if state is None:
+                return Handled(outcome="feedback_unknown", action=kind, result_state=state_name)
+        try:
+            folded = self.fold(state, result)
+        except Exception as exc:
+            return self._dead(rec, "plan", "FEEDBACK_FAILED", exc, kind)
+        if folded == state:
+            return Handled(outcome="feedback_ignored", action=kind, result_state=state_name)
+        change = StateChange(partition, key, self.codec.encode_state(folded), folded)
+        return Handled(
+            outcome="feedback_applied", state=change, action=kind, result_state=state_name
+        )
+
+
+def default_instance_id(settings: Settings) -> str:
+    return settings.planner.instance_id or socket.gethostname()
+
+
+class Planner:
+    """The planner's Kafka loop. `run(stop)` blocks until `stop` is set, then finishes the
+    open transaction and leaves. Partitions: events and results of partition N are assigned
+    together (range assignor, same partition counts); their state is restored from changelog
+    partition N before the first record of either is handled, and dropped on revocation."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        logic: PlannerLogic,
+        metrics: Metrics,
+        readiness: Readiness,
+        *,
+        store: StateStore | None = None,
+        instance_id: str | None = None,
+        poll_timeout: float = 0.05,
+    ) -> None:
+        self.settings = settings
+        self.logic = logic
+        self.metrics = metrics
+        self.readiness = readiness
+        self.topics = settings.topics
+        self.instance_id = instance_id or default_instance_id(settings)
+        decode_state = logic.codec.decode_state
+
+        def _decode(raw: bytes) -> SubscriptionRecord:
+            record = decode_state(raw)
+            assert record is not None
+            return record
+
+        self.store = store if store is not None else StateStore(_decode)
+        self.poll_timeout = poll_timeout
+        self.log = get_logger("icareus_bridge.planner").bind(instance=self.instance_id)
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._checkpoint: Checkpoint | None = None
+        self._assigned: set[int] = set()
+        self._ready = False
+        self._last_lag_at = 0.0
+        readiness.register(READINESS_CHECK, "waiting for partitions")
+
+    # --- clients ------------------------------------------------------------------------
+
+    def _new_producer(self) -> Any:
+        tid = clients.transactional_id(self.settings.kafka, ROLE, self.instance_id)
+        return clients.transactional_producer(self.settings.kafka, tid)
+
+    def _new_consumer(self) -> Any:
+        return clients.consumer(
+            self.settings.kafka,
+            self.settings.planner.group_id,
+            instance_id=f"{ROLE}-{self.instance_id}",
+            error_cb=self._on_client_error,
+        )
+
+    def _on_client_error(self, err: Any) -> None:
+        self.log.warning("kafka client error", error=str(err))
+
+    def _new_checkpoint(self) -> Checkpoint:
+        p = self.settings.planner
+        return Checkpoint(
+            self._producer,
+            self._consumer,
+            self.topics.state,
+            max_records=p.batch_max_events,
+            max_seconds=p.batch_max_ms / 1000.0,
+        )
+
+    # --- rebalance ----------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        by_topic: dict[str, set[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(tp.topic, set()).add(tp.partition)
+        events = by_topic.get(self.topics.input, set())
+        results = by_topic.get(self.topics.results, set())
+        if events != results:
+            self.log.warning(
+                "events and results partitions differ; feedback may miss state",
+                events=sorted(events),
+                results=sorted(results),
+            )
+        wanted = events | results
+        self._ready = False
+        self.readiness.set(READINESS_CHECK, False, f"restoring {len(wanted)} partitions")
+        reports = self.store.restore(self.settings.kafka, self.topics.state, wanted)
+        for r in reports:
+            self.metrics.state_restore_seconds.labels(str(r.partition)).set(r.seconds)
+            self.metrics.state_restore_records.labels(str(r.partition)).set(r.records)
+        self._assigned = wanted
+        self.metrics.state_subscriptions.set(len(self.store))
+        seconds = max((r.seconds for r in reports), default=0.0)
+        self.log.info(
+            "partitions assigned, state restored",
+            partitions=sorted(wanted),
+            subscriptions=len(self.store),
+            changelog_records=sum(r.records for r in reports),
+            restore_seconds=round(seconds, 3),
+        )
+        self._ready = True
+        self.readiness.set(READINESS_CHECK, True, f"{len(wanted)} partitions")
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        self._commit_open(reason="revoke")
+        revoked = {tp.partition for tp in partitions}
+        for p in revoked:
+            self.store.drop(p)
+        self._assigned -= revoked
+        self.metrics.state_subscriptions.set(len(self.store))
+        self.readiness.set(READINESS_CHECK, False, "rebalancing")
+        self.log.info("partitions revoked, state dropped", partitions=sorted(revoked))
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        # Lost (not revoked): another member may own them already; nothing may be committed.
+        if self._checkpoint is not None and not self._checkpoint.empty:
+            try:
+                self._checkpoint.abort()
+            except TransactionFatal:
+                self._restart_producer()
+            self._checkpoint = self._new_checkpoint()
+        for tp in partitions:
+            self.store.drop(tp.partition)
+            self._assigned.discard(tp.partition)
+        self.readiness.set(READINESS_CHECK, False, "partitions lost")
+        self.log.warning("partitions lost", partitions=sorted(tp.partition for tp in partitions))
+
+    # --- state view ---------------------------------------------------------------------
+
+    def _lookup(self, partition: int, key: bytes) -> SubscriptionRecord | None:
+        cp = self._checkpoint
+        if cp is not None:
+            pending = cp.pending_state(partition, key)
+            if pending is not None:
+                obj: SubscriptionRecord | None = pending.obj
+                return obj
+        return self.store.get(partition, key)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the clients (the producer first: `init_transactions` aborts whatever a
+        previous incarnation of this instance left open, before the state is restored)."""
+        self._producer = self._new_producer()
+        self._consumer = self._new_consumer()
+        self._checkpoint = self._new_checkpoint()
+        self._consumer.subscribe(
+            [self.topics.input, self.topics.results],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self.log.info(
+            "planner started",
+            input=self.topics.input,
+            results=self.topics.results,
+            group=self.settings.planner.group_id,
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Plan until `stop` is set; then commit the open batch and close the clients."""
+        if self._consumer is None:
+            self.start()
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def step(self) -> int:
+        """One poll: handle what arrived, commit when the batch is due. Returns records read."""
+        assert self._consumer is not None and self._checkpoint is not None
+        max_n = self.settings.planner.batch_max_events
+        msgs = self._consumer.consume(num_messages=max_n, timeout=self.poll_timeout)
+        handled = 0
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if not clients.is_partition_eof(err):
+                    self.log.warning("consumer error", error=str(err))
+                continue
+            self._handle(msg)
+            handled += 1
+        cp = self._checkpoint
+        if cp.due() or (not msgs and not cp.empty):
+            self._commit_open(reason="batch")
+        return handled
+
+    def _handle(self, msg: Any) -> None:
+        assert self._checkpoint is not None
+        ts_type, ts = msg.timestamp()
+        rec = InboundRecord(
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            timestamp_ms=ts if ts_type != 0 else None,
+            key=msg.key(),
+            value=msg.value(),
+            headers=msg.headers(),
+        )
+        if rec.topic == self.topics.results:
+            h = self.logic.on_result(rec, self._lookup, self.store.find_partition)
+        else:
+            h = self.logic.on_event(rec, self._lookup)
+        cp = self._checkpoint
+        for out in h.outputs:
+            cp.produce(out)
+        if h.state is not None:
+            s = h.state
+            cp.put_state(s.partition, s.key, s.value, s.record)
+        cp.mark_processed(rec.topic, rec.partition, rec.offset)
+        self._count(rec, h)
+
+    def _count(self, rec: InboundRecord, h: Handled) -> None:
+        m = self.metrics
+        if h.dead_letter is not None:
+            stage, reason = h.dead_letter
+            m.dead_letters.labels(stage, reason).inc()
+            self.log.warning(
+                "record dead-lettered",
+                stage=stage,
+                reason=reason,
+                topic=rec.topic,
+                partition=rec.partition,
+                offset=rec.offset,
+            )
+        if rec.topic == self.topics.results:
+            if h.dead_letter is None:
+                outcome = h.outcome.removeprefix("feedback_")
+                m.feedback.labels(h.action, h.result_state, outcome).inc()
+            return
+        m.events.labels(h.action or "UNKNOWN", h.outcome).inc()
+        for t in h.request_types:
+            m.requests_planned.labels(t).inc()
+        for t, code in h.rejections:
+            m.rejections_planned.labels(t, code).inc()
+            m.results.labels(t, LifeCycleState.REJECTED.value).inc()
+
+    def _commit_open(self, reason: str) -> None:
+        cp = self._checkpoint
+        if cp is None or cp.empty:
+            return
+        try:
+            stats = cp.commit()
+        except TransactionAborted as exc:
+            self.metrics.transactions.labels(ROLE, "aborted").inc()
+            self.log.warning("transaction aborted, batch will be read again", error=str(exc))
+            self._checkpoint = self._new_checkpoint()
+            time.sleep(0.1)
+            return
+        except TransactionFatal as exc:
+            self.metrics.transactions.labels(ROLE, "fatal").inc()
+            self.log.error("transaction failed fatally, new producer", error=str(exc))
+            self._restart_producer()
+            return
+        for partition, key, write in cp.state_writes():
+            self.store.put(partition, key, write.value, write.obj)
+        self.metrics.transactions.labels(ROLE, "committed").inc()
+        self.metrics.transaction_events.labels(ROLE).observe(stats.input_records)
+        self.metrics.transaction_seconds.labels(ROLE).observe(stats.seconds)
+        self.metrics.state_subscriptions.set(len(self.store))
+        self._checkpoint = self._new_checkpoint()
+        self._report_lag(cp.partitions())
+
+    def _restart_producer(self) -> None:
+        old = self._producer
+        with contextlib.suppress(Exception):  # unusable anyway: only its resources matter
+            old.flush(0)
+        self._producer = self._new_producer()
+        self._checkpoint = self._new_checkpoint()
+
+    def _report_lag(self, partitions: set[tuple[str, int]]) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_at < 5.0 or self._consumer is None:
+            return
+        self._last_lag_at = now
+        group = self.settings.planner.group_id
+        try:
+            for lag in clients.partition_lag(self._consumer, partitions):
+                self.metrics.set_consumer_lag(group, lag.topic, lag.partition, lag.lag)
+        except Exception as exc:  # metrics must never stop the stage
+            self.log.debug("lag not available", error=str(exc))
+
+    def close(self) -> None:
+        """Commit the open batch, leave the group, flush the producer."""
+        try:
+            self._commit_open(reason="shutdown")
+        finally:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+            if self._producer is not None:
+                self._producer.flush(10)
+            self.readiness.set(READINESS_CHECK, False, "stopped")
+            self.log.info("planner stopped")

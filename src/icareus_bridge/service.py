@@ -1,0 +1,138 @@
+"""`icareus-bridge run`: the service process. Loads the configuration, sets up logging and the
+topics, serves /metrics, /healthz and /readyz, and runs the planner and/or the dispatcher in
+their own threads until SIGTERM (or SIGINT): the first signal lets each role finish its open
+transaction and exit 0; a second one exits at once."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from icareus_bridge.config import Settings, load_settings
+from icareus_bridge.kafka.admin import StartupError, ensure_topics
+from icareus_bridge.observability.http import HealthServer, Readiness
+from icareus_bridge.observability.logging import configure_logging, get_logger
+from icareus_bridge.observability.metrics import Metrics
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_STARTUP = 4
+EXIT_FORCED = 130
+
+# A role runs until the stop event is set, then returns (raising means it failed).
+RoleRunner = Callable[[Settings, Metrics, Readiness, threading.Event], None]
+
+
+def run_planner(
+    settings: Settings, metrics: Metrics, readiness: Readiness, stop: threading.Event
+) -> None:
+    """The planner role: built from the configuration, runs until `stop` is set."""
+    from icareus_bridge.codec import Codec
+    from icareus_bridge.core.feedback import apply_result
+    from icareus_bridge.core.plan import plan
+    from icareus_bridge.pipeline.planner import Planner, PlannerLogic
+
+    logic = PlannerLogic(settings, Codec.from_settings(settings), plan, apply_result)
+    Planner(settings, logic, metrics, readiness).run(stop)
+
+
+def dispatcher_runner() -> RoleRunner:
+    """The dispatcher role's entry point: `icareus_bridge.pipeline.dispatcher.run_dispatcher`
+    with the same signature as `run_planner`."""
+    module = importlib.import_module("icareus_bridge.pipeline.dispatcher")
+    runner: RoleRunner = module.run_dispatcher
+    return runner
+
+
+@dataclass
+class _Role:
+    name: str
+    runner: RoleRunner
+    thread: threading.Thread | None = None
+    error: BaseException | None = field(default=None)
+
+
+def _install_signal_handlers(stop: threading.Event, log: Any) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("second signal, exiting at once", signal=signum)
+            os._exit(EXIT_FORCED)
+        log.info("signal received, finishing open work", signal=signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.logging.level, settings.logging.format)
+    log = get_logger("icareus_bridge.service")
+    role_arg: str = getattr(args, "role", "all") or "all"
+
+    roles: list[_Role] = []
+    if role_arg in ("planner", "all"):
+        roles.append(_Role("planner", run_planner))
+    if role_arg in ("dispatcher", "all"):
+        try:
+            roles.append(_Role("dispatcher", dispatcher_runner()))
+        except (ImportError, AttributeError) as exc:
+            print(f"icareus-bridge run: the dispatcher is not available: {exc}", file=sys.stderr)
+            return EXIT_STARTUP
+
+    try:
+        reports = ensure_topics(settings.kafka, settings.topics)
+    except StartupError as exc:
+        log.error("start-up refused", error=str(exc))
+        print(f"icareus-bridge run: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    for r in reports:
+        log.info(
+            "topic ready",
+            topic=r.name,
+            partitions=r.partitions,
+            created=r.created,
+            cleanup_policy=r.cleanup_policy,
+        )
+
+    metrics = Metrics()
+    readiness = Readiness()
+    server = HealthServer(settings.http.host, settings.http.port, metrics, readiness).start()
+    log.info("http listening", host=settings.http.host, port=server.port, roles=role_arg)
+
+    stop = threading.Event()
+    _install_signal_handlers(stop, log)
+
+    for role in roles:
+
+        def body(r: _Role = role) -> None:
+            try:
+                r.runner(settings, metrics, readiness, stop)
+            except BaseException as exc:
+                r.error = exc
+                log.exception("role failed", role=r.name)
+                stop.set()
+
+        role.thread = threading.Thread(target=body, name=role.name, daemon=True)
+        role.thread.start()
+
+    # The main thread only waits (short joins keep it responsive to signals).
+    while any(x.thread is not None and x.thread.is_alive() for x in roles):
+        for x in roles:
+            if x.thread is not None:
+                x.thread.join(timeout=0.2)
+    server.stop()
+    failed = [x.name for x in roles if x.error is not None]
+    if failed:
+        log.error("stopped after a failure", roles=failed)
+        return EXIT_FAILED
+    log.info("stopped")
+    return EXIT_OK
