@@ -20,8 +20,9 @@ from typing import Any, Protocol
 
 from icareus_bridge.codec import DecodeError
 from icareus_bridge.config import Settings
-from icareus_bridge.core.feedback import rejection_result
+from icareus_bridge.core.feedback import observed_state, rejection_result
 from icareus_bridge.core.model import (
+    ActionCode,
     LifecycleEvent,
     LifeCycleState,
     ProvisioningRequest,
@@ -168,6 +169,12 @@ class PlannerLogic:
                 action,
             )
         state = lookup(rec.partition, key)
+        is_reset = action == ActionCode.RESET_SUBSCRIPTION
+        if is_reset and state is not None:
+            # The dispatcher re-registers what Icareus lacks (refused registrations included);
+            # the known state follows that plan (docs/PIPELINE.md, "Reset").
+            registered = [a for a in state.accounts.values() if a.registered]
+            state = observed_state(state, sub.id, sub.number, registered)
         try:
             decision = self.plan(state, event, self.settings.provider)
         except Exception as exc:  # a rule the state machine cannot apply: never stop the stage
@@ -176,6 +183,16 @@ class PlannerLogic:
             return Handled(outcome="skipped", action=action, skip_reason=str(decision.skipped))
         out: list[OutboundRecord] = []
         p = rec.partition
+        if is_reset:
+            # Reset runs in the dispatcher, in the subscription's turn, from what Icareus really
+            # holds: it gets the event itself and plans and reports the requests.
+            reset_state: SubscriptionRecord = decision.state
+            return Handled(
+                outcome="planned",
+                outputs=[OutboundRecord(self.topics.requests, key, rec.value, partition=p)],
+                state=StateChange(p, key, self.codec.encode_state(reset_state), reset_state),
+                action=action,
+            )
         for request in decision.requests:
             out.append(
                 OutboundRecord(
