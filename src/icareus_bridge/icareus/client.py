@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
@@ -19,6 +19,7 @@ from icareus_bridge.config import DEFAULT_OPERATION_PARAMS, IcareusSettings
 from icareus_bridge.core.model import ProvisioningRequest, RequestType, SubscriberProfile
 from icareus_bridge.icareus.errors import (
     IcareusError,
+    Outcome,
     TransientIcareusError,
     classify,
     from_transport_error,
@@ -75,6 +76,9 @@ class _Operation:
     name: str
     url: str
     params: tuple[str, ...]
+
+
+_Attempted = tuple["_Answer", "Outcome", str | None, IcareusUser | None]
 
 
 @dataclass(slots=True)
@@ -225,19 +229,29 @@ class IcareusClient:
             # The first attempt runs outside tenacity: nearly every call succeeds at once, and
             # setting up the retry machinery costs a visible share of the client's CPU.
             try:
-                result = await self._once(op, values, idempotency_key, failures)
+                answer, outcome, user_id, user = await self._once(
+                    op, values, idempotency_key, failures
+                )
             except TransientIcareusError as first:
                 elapsed = time.perf_counter() - started
-                result = await self._retry(op, values, idempotency_key, first, failures, elapsed)
+                answer, outcome, user_id, user = await self._retry(
+                    op, values, idempotency_key, first, failures, elapsed
+                )
         except IcareusError as exc:
             exc.attempts = len(failures)
             exc.first_failure_at = failures[0]
             exc.last_failure_at = failures[-1]
             raise
-        return replace(
-            result,
+        return CallResult(
+            operation=operation,
+            request_payload=dict(answer.fields),
+            response_payload=outcome.body,
+            http_status=answer.status,
             attempts=len(failures) + 1,
             latency_seconds=time.perf_counter() - started,
+            code=outcome.code,
+            user_id=user_id,
+            user=user,
             first_failure_at=failures[0] if failures else None,
             last_failure_at=failures[-1] if failures else None,
         )
@@ -250,7 +264,7 @@ class IcareusClient:
         first: TransientIcareusError,
         failures: list[float],
         elapsed: float,
-    ) -> CallResult:
+    ) -> _Attempted:
         pending: TransientIcareusError | None = first
         retrying = build_retrying(self._settings.retry, self._on_retry, elapsed=elapsed)
         async for attempt in retrying:
@@ -268,11 +282,12 @@ class IcareusClient:
         values: list[str],
         idempotency_key: str | None,
         failures: list[float],
-    ) -> CallResult:
+    ) -> _Attempted:
         try:
             answer = await self._attempt(op, values, idempotency_key)
             outcome = classify(op.name, answer.status, answer.headers, answer.body)
-            return self._result(op, answer, outcome.body, outcome.code)
+            user_id, user = self._reference(op, answer, outcome)
+            return answer, outcome, user_id, user
         except IcareusError:
             failures.append(time.time())
             raise
@@ -293,13 +308,12 @@ class IcareusClient:
         fields.append((TOKEN_PARAM, redact_token(token)))
         return _Answer(status, answer_headers, answer_body, fields)
 
-    def _result(
-        self, op: _Operation, answer: _Answer, body: dict[str, Any], code: str | None
-    ) -> CallResult:
-        user_id: str | None = None
-        user: IcareusUser | None = None
+    def _reference(
+        self, op: _Operation, answer: _Answer, outcome: Outcome
+    ) -> tuple[str | None, IcareusUser | None]:
+        """The user id (add_user, get_user) and user (get_user) the answer carries."""
         if op.name == "add_user":
-            raw_id = body.get("userId")
+            raw_id = outcome.body.get("userId")
             if raw_id in (None, ""):
                 raise TransientIcareusError(
                     f"Icareus {op.name}: answer has no userId",
@@ -308,21 +322,11 @@ class IcareusClient:
                     http_status=answer.status,
                     response_excerpt=response_excerpt(answer.body),
                 )
-            user_id = str(raw_id)
-        elif op.name == "get_user" and code is None:
-            user = _parse_user(op.name, answer, body)
-            user_id = user.user_id
-        return CallResult(
-            operation=op.name,
-            request_payload=dict(answer.fields),
-            response_payload=body,
-            http_status=answer.status,
-            attempts=0,
-            latency_seconds=0.0,
-            code=code,
-            user_id=user_id,
-            user=user,
-        )
+            return str(raw_id), None
+        if op.name == "get_user" and outcome.code is None:
+            user = _parse_user(op.name, answer, outcome.body)
+            return user.user_id, user
+        return None, None
 
 
 class _HttpBackend(Protocol):

@@ -205,7 +205,6 @@ def classify(operation: str, http_status: int, headers: Mapping[str, str], body:
         parsed: Any = json.loads(body) if body else None
     except ValueError:
         parsed = None
-    excerpt = response_excerpt(body, parsed)
 
     if http_status == 429:
         retry_after = parse_retry_after(_header(headers, "Retry-After"))
@@ -215,7 +214,7 @@ def classify(operation: str, http_status: int, headers: Mapping[str, str], body:
             reason="throttled",
             retry_after=retry_after,
             http_status=http_status,
-            response_excerpt=excerpt,
+            response_excerpt=response_excerpt(body, parsed),
         )
     if http_status >= 500:
         raise TransientIcareusError(
@@ -224,7 +223,7 @@ def classify(operation: str, http_status: int, headers: Mapping[str, str], body:
             reason="server_error",
             retry_after=parse_retry_after(_header(headers, "Retry-After")),
             http_status=http_status,
-            response_excerpt=excerpt,
+            response_excerpt=response_excerpt(body, parsed),
         )
     status = parsed.get("status") if isinstance(parsed, dict) else None
     if not 200 <= http_status < 300:
@@ -238,7 +237,7 @@ def classify(operation: str, http_status: int, headers: Mapping[str, str], body:
             code=code,
             icareus_message=message,
             http_status=http_status,
-            response_excerpt=excerpt,
+            response_excerpt=response_excerpt(body, parsed),
         )
     if not isinstance(parsed, dict) or status not in ("ok", "error"):
         raise TransientIcareusError(
@@ -246,7 +245,7 @@ def classify(operation: str, http_status: int, headers: Mapping[str, str], body:
             operation=operation,
             reason="bad_body",
             http_status=http_status,
-            response_excerpt=excerpt,
+            response_excerpt=response_excerpt(body, parsed),
         )
     if status == "ok":
         return Outcome(parsed)
@@ -262,7 +261,7 @@ def classify(operation: str, http_status: int, headers: Mapping[str, str], body:
         code=code,
         icareus_message=message,
         http_status=http_status,
-        response_excerpt=excerpt,
+        response_excerpt=response_excerpt(body, parsed),
     )
 
 
