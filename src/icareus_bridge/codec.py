@@ -23,14 +23,23 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
+from icareus_bridge.avro_reader import Reader, compile_reader
 from icareus_bridge.core.model import (
     AccountState,
+    Action,
     ActionCode,
+    InstalledItem,
     LifecycleEvent,
     ProvisioningRequest,
     ProvisioningResult,
+    Service,
+    ServiceState,
+    Subscriber,
+    Subscription,
     SubscriptionRecord,
+    SubscriptionState,
     sorted_products,
+    trusted_builder,
 )
 
 if TYPE_CHECKING:
@@ -164,6 +173,56 @@ class SchemaSet:
             self.by_fingerprint[current.fingerprint] = current
 
 
+def _event_models_reader(schema: SchemaVersion) -> Reader | None:
+    """The compiled reader that builds LifecycleEvent straight from the current event schema,
+    or None when schema and model have drifted apart (then fastavro + validation is used)."""
+    ns = "com.crm.provisioning.v1."
+    models: dict[str, Any] = {
+        "SubscriptionLifecycleEvent": LifecycleEvent,
+        "Action": Action,
+        "Subscription": Subscription,
+        "Subscriber": Subscriber,
+        "Service": Service,
+        "InstalledItem": InstalledItem,
+    }
+    raw = json.loads(schema.source)
+    records: dict[str, Any] = {}
+    enums: dict[str, list[Any]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for n in node:
+                walk(n)
+        elif isinstance(node, dict):
+            if node.get("type") == "record":
+                records[node["name"]] = node
+                for f in node["fields"]:
+                    walk(f["type"])
+            elif node.get("type") == "enum":
+                enums[node["name"]] = node["symbols"]
+            elif node.get("type") == "array":
+                walk(node["items"])
+
+    walk(raw)
+    if set(records) != set(models):
+        return None
+    for name, rec in records.items():
+        if {f["name"] for f in rec["fields"]} != set(models[name].model_fields):
+            return None
+    try:
+        enum_values: dict[str, list[Any]] = {
+            ns + "SubscriptionState": [SubscriptionState(v) for v in enums["SubscriptionState"]],
+            ns + "ServiceState": [ServiceState(v) for v in enums["ServiceState"]],
+        }
+    except (KeyError, ValueError):
+        return None
+    return compile_reader(
+        raw,
+        builders={ns + name: trusted_builder(model) for name, model in models.items()},
+        enums=enum_values,
+    )
+
+
 # --- the codec -------------------------------------------------------------------------------
 
 
@@ -187,6 +246,8 @@ class Codec:
         self._headers = {
             name: SINGLE_OBJECT_MAGIC + v.fingerprint for name, v in self.schemas.current.items()
         }
+        self._event_header = self._headers[EVENT]
+        self._event_reader = _event_models_reader(self.schemas.current[EVENT])
         self._registry_ids: dict[str, int] = {}
         self._registry_writers: dict[int, tuple[str, Any]] = {}
 
@@ -316,7 +377,26 @@ class Codec:
         return self.encode(EVENT, event.model_dump())
 
     def decode_event(self, data: bytes) -> LifecycleEvent:
-        """Decode and validate one CRM event; DecodeError (stage decode or validate) if not."""
+        """Decode and validate one CRM event; DecodeError (stage decode or validate) if not.
+
+        Bytes written with the current event schema take the compiled reader, which builds the
+        models directly: the schema already guarantees every type the model would check, so
+        only the action code is left to validate. Older writer versions are resolved by
+        fastavro and validated by the model."""
+        reader = self._event_reader
+        if reader is not None and data[:_SINGLE_OBJECT_HEADER] == self._event_header:
+            try:
+                event, end = reader(data, _SINGLE_OBJECT_HEADER)
+            except (EOFError, IndexError, ValueError) as exc:
+                raise DecodeError(
+                    DecodeReason.MALFORMED, f"{EVENT}: body does not decode: {exc!r}"
+                ) from exc
+            if end != len(data):
+                raise DecodeError(
+                    DecodeReason.MALFORMED,
+                    f"{EVENT}: {len(data) - end} trailing bytes after the record",
+                )
+            return _check_action(event)
         return validate_event(self._decode_as(data, EVENT))
 
     def encode_request(self, request: ProvisioningRequest) -> bytes:

@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from icareus_bridge.codec import (
     EVENT,
@@ -22,7 +24,14 @@ from icareus_bridge.codec import (
     validate_event,
 )
 from icareus_bridge.core.feedback import rejection_result
-from icareus_bridge.core.model import LifeCycleState, ProvisioningResult
+from icareus_bridge.core.model import (
+    ActionCode,
+    LifecycleEvent,
+    LifeCycleState,
+    ProvisioningResult,
+    ServiceState,
+    SubscriptionState,
+)
 from icareus_bridge.core.plan import plan
 from icareus_bridge.schema_registry import SchemaRegistryClient
 from tests.unit.crm_events import event, item, provider, subscription, svc
@@ -229,3 +238,54 @@ def test_registry_unreachable_is_not_the_inputs_fault() -> None:
         codec.encode_event(EVENT_OBJ)
     with pytest.raises(SchemaRegistryError):
         codec.decode(b"\x00\x00\x00\x00\x01\x02")
+
+
+# --- the compiled reader of the current event schema ----------------------------------------
+
+_events = st.builds(
+    lambda sub, code, cls, at: event(code, sub, classification=cls).model_copy(
+        update={"occurred_at": at}
+    ),
+    st.builds(
+        lambda v, svcs, its, state: subscription(v, svcs, its, state=state),
+        st.integers(min_value=0, max_value=2**62),
+        st.lists(
+            st.builds(
+                svc,
+                st.text(max_size=12),
+                st.text(max_size=12),
+                st.sampled_from([None, "VP1", "Ä-ö-ü"]),
+                st.sampled_from(list(ServiceState)),
+            ),
+            max_size=70,
+        ),
+        st.lists(st.builds(item, st.text(max_size=5), st.text(max_size=70)), max_size=3),
+        st.sampled_from(list(SubscriptionState)),
+    ),
+    st.sampled_from([c.value for c in ActionCode]),
+    st.none() | st.text(max_size=300),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_events)
+def test_compiled_event_reader_agrees_with_fastavro_and_validation(ev: LifecycleEvent) -> None:
+    codec = default_codec()
+    data = codec.encode_event(ev)
+    fast = codec.decode_event(data)
+    reference = validate_event(codec.decode(data)[1])
+    assert fast == reference == ev
+    assert fast.model_dump() == ev.model_dump()
+
+
+@settings(max_examples=100, deadline=None)
+@given(_events, st.data())
+def test_compiled_event_reader_refuses_truncated_bytes(
+    ev: LifecycleEvent, data: st.DataObject
+) -> None:
+    encoded = default_codec().encode_event(ev)
+    cut = data.draw(st.integers(min_value=10, max_value=len(encoded) - 1))
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode_event(encoded[:cut])
+    assert err.value.reason is DecodeReason.MALFORMED

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from hashlib import sha1
 
 from icareus_bridge.config import ProviderSettings
 from icareus_bridge.core.model import (
@@ -31,6 +32,7 @@ from icareus_bridge.core.model import (
     SubscriptionRecord,
     SubscriptionState,
     sorted_products,
+    trusted_builder,
 )
 
 # Fixed namespace of derived request ids; changing it changes every request id (and so every
@@ -57,9 +59,30 @@ def account_key(subscription_number: str, distributor: str) -> str:
     return f"{subscription_number}-{distributor}"
 
 
+_NAMESPACE_BYTES = REQUEST_ID_NAMESPACE.bytes
+
+
+def _uuid5(name: str) -> str:
+    # uuid.uuid5(REQUEST_ID_NAMESPACE, name) without building UUID objects (hot path).
+    h = bytearray(sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50
+    h[8] = (h[8] & 0x3F) | 0x80
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
 def request_id(subscription_id: str, version: int, sequence: int) -> str:
-    """Derived request id: the same event on the same state always yields the same ids."""
-    return str(uuid.uuid5(REQUEST_ID_NAMESPACE, f"{subscription_id}:{version}:{sequence}"))
+    """Derived request id, uuid5 of `<subscription id>:<version>:<sequence>` in
+    REQUEST_ID_NAMESPACE: the same event on the same state always yields the same ids."""
+    return _uuid5(f"{subscription_id}:{version}:{sequence}")
+
+
+_account = trusted_builder(AccountState)
+_record = trusted_builder(SubscriptionRecord)
+_decision = trusted_builder(Decision)
+_request = trusted_builder(ProvisioningRequest)
+_rejection = trusted_builder(Rejection)
+_profile = trusted_builder(SubscriberProfile)
 
 
 def request_number(subscription_number: str, version: int, sequence: int) -> str:
@@ -243,22 +266,29 @@ def plan(
     sub = event.subscription
     is_reset = event.action.code == ActionCode.RESET_SUBSCRIPTION
     if state is None:
-        state = SubscriptionRecord.model_construct(
-            subscription_id=sub.id,
-            subscription_number=sub.number,
-            last_version=-1,
-            last_event_id=None,
-            snapshot=None,
-            accounts={},
-            parked_behind=None,
+        state = _record(
+            {
+                "subscription_id": sub.id,
+                "subscription_number": sub.number,
+                "last_version": -1,
+                "last_event_id": None,
+                "snapshot": None,
+                "accounts": {},
+                "parked_behind": None,
+            }
         )
     elif not is_reset and state.last_event_id == event.event_id:
-        return Decision.model_construct(
-            state=state, requests=(), rejections=(), skipped=SkipReason.DUPLICATE_EVENT
+        return _decision(
+            {
+                "state": state,
+                "requests": (),
+                "rejections": (),
+                "skipped": SkipReason.DUPLICATE_EVENT,
+            }
         )
     if sub.version < state.last_version or (sub.version == state.last_version and not is_reset):
-        return Decision.model_construct(
-            state=state, requests=(), rejections=(), skipped=SkipReason.STALE_VERSION
+        return _decision(
+            {"state": state, "requests": (), "rejections": (), "skipped": SkipReason.STALE_VERSION}
         )
 
     view = _view(provider)
@@ -304,14 +334,16 @@ def plan(
         if acc is None or (not acc.registered and not acc.registration_rejected):
             # Registered by this plan; its user id arrives later through feedback.
             phases[RequestType.ADD_USER].append(_Draft(RequestType.ADD_USER, d, key))
-            acc = AccountState.model_construct(
-                distributor=d,
-                account_key=key,
-                registered=True,
-                registration_rejected=False,
-                user_id=None,
-                products=frozenset(),
-                devices={},
+            acc = _account(
+                {
+                    "distributor": d,
+                    "account_key": key,
+                    "registered": True,
+                    "registration_rejected": False,
+                    "user_id": None,
+                    "products": frozenset(),
+                    "devices": {},
+                }
             )
         if not acc.registered:
             # Its ADD_USER was refused: nothing can be sent until a reset registers it again.
@@ -397,8 +429,12 @@ def plan(
             )
             continue
         if cancel or activate or have_devices != target_devices:
-            acc = acc.model_copy(
-                update={"products": frozenset(target_products), "devices": dict(target_devices)}
+            acc = _account(
+                {
+                    **acc.__dict__,
+                    "products": frozenset(target_products),
+                    "devices": dict(target_devices),
+                }
             )
         accounts[d] = acc
 
@@ -414,17 +450,19 @@ def plan(
         accounts = dict(known)
 
     requests, rejections = _place(drafts, rejected, event, is_reset)
-    new_state = SubscriptionRecord.model_construct(
-        subscription_id=state.subscription_id,
-        subscription_number=number,
-        last_version=max(state.last_version, sub.version),
-        last_event_id=event.event_id,
-        snapshot=sub,
-        accounts=accounts,
-        parked_behind=state.parked_behind,
+    new_state = _record(
+        {
+            "subscription_id": state.subscription_id,
+            "subscription_number": number,
+            "last_version": max(state.last_version, sub.version),
+            "last_event_id": event.event_id,
+            "snapshot": sub,
+            "accounts": accounts,
+            "parked_behind": state.parked_behind,
+        }
     )
-    return Decision.model_construct(
-        state=new_state, requests=requests, rejections=rejections, skipped=None
+    return _decision(
+        {"state": new_state, "requests": requests, "rejections": rejections, "skipped": None}
     )
 
 
@@ -447,7 +485,7 @@ def _place(
             f"{sid}:{version}:{event_id}:{seq}:{d.type}:{d.distributor}:"
             f"{','.join(d.product_ids)}:{d.device_id}:{d.device_type}"
         )
-        return str(uuid.uuid5(REQUEST_ID_NAMESPACE, seed))
+        return _uuid5(seed)
 
     requests = []
     seq = 0
@@ -455,33 +493,37 @@ def _place(
         seq += 1
         if d.type is RequestType.ADD_USER and profile is None:
             s = sub.subscriber
-            profile = SubscriberProfile.model_construct(
-                first_name=s.first_name,
-                last_name=s.last_name,
-                email=s.email,
-                phone=s.phone,
-                country_code=s.country_code,
-                postal_code=s.postal_code,
-                city=s.city,
+            profile = _profile(
+                {
+                    "first_name": s.first_name,
+                    "last_name": s.last_name,
+                    "email": s.email,
+                    "phone": s.phone,
+                    "country_code": s.country_code,
+                    "postal_code": s.postal_code,
+                    "city": s.city,
+                }
             )
         requests.append(
-            ProvisioningRequest.model_construct(
-                request_id=rid(seq, d),
-                number=request_number(number, version, seq),
-                type=d.type,
-                subscription_id=sid,
-                subscription_number=number,
-                distributor=d.distributor,
-                account_key=d.account_key,
-                event_id=event_id,
-                action_code=code,
-                sequence=seq,
-                created_at=at,
-                user_id=d.user_id,
-                product_ids=d.product_ids,
-                device_id=d.device_id,
-                device_type=d.device_type,
-                profile=profile if d.type is RequestType.ADD_USER else None,
+            _request(
+                {
+                    "request_id": rid(seq, d),
+                    "number": request_number(number, version, seq),
+                    "type": d.type,
+                    "subscription_id": sid,
+                    "subscription_number": number,
+                    "distributor": d.distributor,
+                    "account_key": d.account_key,
+                    "event_id": event_id,
+                    "action_code": code,
+                    "sequence": seq,
+                    "created_at": at,
+                    "user_id": d.user_id,
+                    "product_ids": d.product_ids,
+                    "device_id": d.device_id,
+                    "device_type": d.device_type,
+                    "profile": profile if d.type is RequestType.ADD_USER else None,
+                }
             )
         )
     rejections = []
@@ -489,19 +531,21 @@ def _place(
         seq += 1
         assert d.code is not None
         rejections.append(
-            Rejection.model_construct(
-                request_id=rid(seq, d),
-                number=request_number(number, version, seq),
-                type=d.type,
-                code=d.code,
-                distributor=d.distributor,
-                account_key=d.account_key,
-                detail=d.detail,
-                sequence=seq,
-                user_id=d.user_id,
-                product_ids=d.product_ids,
-                device_id=d.device_id,
-                device_type=d.device_type,
+            _rejection(
+                {
+                    "request_id": rid(seq, d),
+                    "number": request_number(number, version, seq),
+                    "type": d.type,
+                    "code": d.code,
+                    "distributor": d.distributor,
+                    "account_key": d.account_key,
+                    "detail": d.detail,
+                    "sequence": seq,
+                    "user_id": d.user_id,
+                    "product_ids": d.product_ids,
+                    "device_id": d.device_id,
+                    "device_type": d.device_type,
+                }
             )
         )
     return tuple(requests), tuple(rejections)
