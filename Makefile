@@ -12,7 +12,7 @@ MYPY := $(VENV)/bin/mypy
 INSTALLED := $(VENV)/.installed
 KAFKA := $(PY) tools/kafka/local_kafka.py
 
-.PHONY: setup test lint kafka-up kafka-down run bench clean
+.PHONY: setup test lint kafka-up kafka-down run demo bench clean
 
 setup: $(INSTALLED)
 	$(KAFKA) fetch >/dev/null
@@ -38,8 +38,11 @@ kafka-up: setup
 kafka-down:
 	@if [ -x $(PY) ]; then $(KAFKA) down; fi
 
-run:
-	@echo "make run arrives with the dispatcher issue (#6)"; exit 1
+run: setup
+	$(PY) tools/run_local.py $(RUN_ARGS)
+
+demo: setup
+	$(PY) tools/demo.py $(DEMO_ARGS)
 
 bench:
 	@echo "make bench arrives with the benchmark issue"; exit 1
