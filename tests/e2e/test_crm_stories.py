@@ -4,11 +4,14 @@ end and the results CRM reads back."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from icareus_bridge.config import Settings
 from icareus_bridge.core.model import ProvisioningResult, ServiceState, SubscriptionState
+from icareus_bridge.icareus.client import IcareusClient
 from icareus_bridge.icareus.simulator import SimulatorAdmin
 from tests.e2e.harness import CODEC, Bridge, Crm, CrmSubscription, box, header, service
 
@@ -297,3 +300,59 @@ def test_transient_faults_are_absorbed_by_retries(crm: Crm, icareus: SimulatorAd
     # The slow answer had been applied: its retry was recognised by its Idempotency-Key.
     after = icareus.stats()
     assert after["duplicates_suppressed"] - before["duplicates_suppressed"] == 1
+
+
+def test_reset_brings_icareus_back_in_line_with_crm(
+    crm: Crm, icareus: SimulatorAdmin, bridge: Bridge
+) -> None:
+    icareus.set_faults(
+        error_code="INVALID_PROFILE",
+        script=[{"fault": "status_error", "action": "addUser", "times": 1}],
+    )
+    sub = CrmSubscription("reset")
+    first = sub.act(
+        "BECOME_SUBSCRIBER",
+        state=EFFECTIVE,
+        services=(service("s1", "BASIC-TV", VP1), service("s2", "SPORTS", VP2)),
+        items=(box("SN-RS1", VP1),),
+    )
+    crm.publish(first)
+    assert sorted(
+        (r.account_key, r.type.value, r.error_code) for r in crm.results_of(first, 5)
+    ) == sorted(
+        [
+            (sub.account(VP1), "ADD_USER", "ICAREUS_REJECTED"),
+            (sub.account(VP1), "ADD_DEVICE", "DEPENDENCY_REJECTED"),
+            (sub.account(VP1), "ACTIVATE_PRODUCTS", "DEPENDENCY_REJECTED"),
+            (sub.account(VP2), "ADD_USER", None),
+            (sub.account(VP2), "ACTIVATE_PRODUCTS", None),
+        ]
+    )
+    # Behind CRM's back the bedroom account loses its product in Icareus.
+    bedroom = user(icareus, sub.account(VP2))
+    assert bedroom is not None
+
+    async def drift() -> None:
+        settings = Settings(**bridge.config)
+        async with IcareusClient(settings.icareus) as client:
+            await client.cancel_products(bedroom["userId"], ["1002"], idempotency_key="drift")
+
+    asyncio.run(drift())
+    reset = sub.act("RESET_SUBSCRIPTION")
+    crm.publish(reset)
+    results = crm.results_of(reset, 4)
+
+    assert sorted((r.account_key, r.type.value, r.life_cycle_state.value) for r in results) == (
+        sorted(
+            [
+                (sub.account(VP1), "ADD_USER", "COMPLETED"),
+                (sub.account(VP1), "ADD_DEVICE", "COMPLETED"),
+                (sub.account(VP1), "ACTIVATE_PRODUCTS", "COMPLETED"),
+                (sub.account(VP2), "ACTIVATE_PRODUCTS", "COMPLETED"),
+            ]
+        )
+    )
+    living, bedroom = user(icareus, sub.account(VP1)), user(icareus, sub.account(VP2))
+    assert living is not None and living["products"] == ["1001"]
+    assert devices(living) == ["SN-RS1"]
+    assert bedroom is not None and bedroom["products"] == ["1002"]
