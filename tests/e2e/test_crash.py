@@ -5,6 +5,9 @@ says. Then a SIGTERM drains the bridge and it exits 0."""
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 
 from icareus_bridge.core.model import SubscriptionState
@@ -75,3 +78,62 @@ def test_kill_9_mid_stream_then_restart_gives_one_result_per_request_and_no_doub
 
     # A SIGTERM now drains and exits 0 within the shutdown grace.
     assert bridge.terminate(timeout=bridge.config["dispatcher"]["shutdown_grace_seconds"] + 5) == 0
+
+
+def test_sigterm_lets_in_flight_calls_finish_and_commits_them_a_second_one_exits_at_once(
+    bridge: Bridge, crm: Crm, icareus: SimulatorAdmin
+) -> None:
+    if bridge.proc is None or bridge.proc.poll() is not None:
+        bridge.start().wait_ready()
+    icareus.set_faults(latency_ms=700)
+    subs = [CrmSubscription(f"drain-{i}") for i in range(5)]
+    events = [
+        sub.act(
+            "BECOME_SUBSCRIBER",
+            state=SubscriptionState.EFFECTIVE,
+            services=(service("s1", "BASIC-TV", VP1),),
+        )
+        for sub in subs
+    ]
+    calls_before = icareus.stats()["calls"]
+    crm.publish(*events)
+    deadline = time.monotonic() + 30
+    while icareus.stats()["calls"] - calls_before < len(subs):  # every ADD_USER is in flight
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    started = time.monotonic()
+    assert bridge.terminate(timeout=bridge.config["dispatcher"]["shutdown_grace_seconds"]) == 0
+    assert time.monotonic() - started < bridge.config["dispatcher"]["shutdown_grace_seconds"]
+    # The calls that were in flight finished and their results were committed.
+    finished = [
+        r
+        for r in crm.results.poll(1.0)
+        if CODEC.decode_result(r.value()).event_id in {e.event_id for e in events}
+    ]
+    assert len(finished) >= len(subs)
+
+    duplicates = icareus.stats()["duplicates_suppressed"]
+    bridge.start().wait_ready()
+    for ev in events:
+        crm.results_of(ev, 2)
+    assert icareus.stats()["duplicates_suppressed"] == duplicates, "a finished call was repeated"
+
+    # A second SIGTERM does not wait for anything.
+    icareus.set_faults(latency_ms=5000)
+    late = CrmSubscription("drain-late")
+    crm.publish(
+        late.act(
+            "BECOME_SUBSCRIBER",
+            state=SubscriptionState.EFFECTIVE,
+            services=(service("s1", "BASIC-TV", VP1),),
+        )
+    )
+    time.sleep(1.0)
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    started = time.monotonic()
+    bridge.proc.send_signal(signal.SIGTERM)
+    assert bridge.proc.wait(timeout=5) != 0
+    assert time.monotonic() - started < 3
