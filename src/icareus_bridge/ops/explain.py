@@ -84,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"icareus-bridge explain: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except DecodeError as exc:
-        where = f"field {exc.field}: " if exc.field else ""
+        # An INVALID message starts with the dotted field path already.
+        where = "field " if exc.field else ""
         print(f"icareus-bridge explain: --event {args.event}: {where}{exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if decision.skipped is not None:
