@@ -5,12 +5,13 @@ call as a `CallResult` or one of the `errors` classes."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import httpx
@@ -297,7 +298,7 @@ class IcareusClient:
     ) -> _Answer:
         fields = [(ORGANIZATION_PARAM, self._org), *zip(op.params, values, strict=True)]
         token = sign(self._org, values, self._key, self._clock())
-        body = urlencode([*fields, (TOKEN_PARAM, token)]).encode("ascii")
+        body = _form_body([*fields, (TOKEN_PARAM, token)])
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         if idempotency_key:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
@@ -327,6 +328,19 @@ class IcareusClient:
             user = _parse_user(op.name, answer, outcome.body)
             return user.user_id, user
         return None, None
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.\-]*")
+
+
+def _form_body(fields: Sequence[tuple[str, str]]) -> bytes:
+    """The form as urlencode would write it; values that need no escaping skip quote_plus
+    (ids, tokens and names mostly), which is most of urlencode's cost per call."""
+    return "&".join(f"{_quoted(name)}={_quoted(value)}" for name, value in fields).encode("ascii")
+
+
+def _quoted(text: str) -> str:
+    return text if _PLAIN.fullmatch(text) else quote_plus(text)
 
 
 class _HttpBackend(Protocol):
