@@ -139,6 +139,13 @@ class Bridge:
             time.sleep(0.1)
         raise AssertionError("bridge not ready in time\n" + self.log_tail())
 
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.http + "/readyz", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except urllib.error.HTTPError:
+            return False
+
     def metrics(self) -> str:
         with urllib.request.urlopen(self.http + "/metrics", timeout=5) as answer:
             text: str = answer.read().decode()

@@ -230,6 +230,7 @@ def test_outage_past_the_retry_budget_parks_only_that_subscription_in_order(
     crm.dead_letters.until(
         lambda rs: any(header(m, "dlq.reason") == "RETRIES_EXHAUSTED" for m in rs)
     )
+    assert not bridge.ready(), "Icareus is down: the bridge is not ready"
     icareus.set_faults(outage=False)
     later = stuck.act("ADD_SERVICE", services=stuck.services_with(service("s2", "SPORTS", VP1)))
     unaffected = other.act(
@@ -245,6 +246,7 @@ def test_outage_past_the_retry_budget_parks_only_that_subscription_in_order(
         ("ADD_DEVICE", "COMPLETED", None),
         ("ACTIVATE_PRODUCTS", "COMPLETED", None),
     ]
+    assert bridge.ready()
     mine = crm.dead_letters.until(
         lambda rs: len([m for m in rs if m.key() == stuck.id.encode()]) >= 3
     )

@@ -307,7 +307,8 @@ def test_refused_add_user_rejects_the_rest_of_the_accounts_plan_without_calls(ri
         assert got[later].error_code == "DEPENDENCY_REJECTED"
         assert got[later].attempts == 0
     assert rig.users() == {}
-    assert [c["action"] for c in rig.admin.calls()] == ["addUser"]
+    provisioning_calls = [c["action"] for c in rig.admin.calls() if c["action"] != "getUser"]
+    assert provisioning_calls == ["addUser"]
     results.close()
 
 

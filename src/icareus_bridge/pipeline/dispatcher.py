@@ -62,6 +62,9 @@ from icareus_bridge.pipeline.scheduler import KeyedScheduler
 
 ROLE = "dispatcher"
 READINESS_CHECK = "dispatcher"
+ICAREUS_CHECK = "icareus"
+ICAREUS_PROBE_ACCOUNT = "icareus-bridge-readiness-probe"
+ICAREUS_PROBE_SECONDS = 5.0
 POLL_BATCH = 500
 IDLE_SLEEP_SECONDS = 0.005
 # A partition whose commit point trails this many read offsets is paused: the finished ones
@@ -180,19 +183,43 @@ class Dispatcher:
             on_error=self._on_handler_error,
         )
         readiness.register(READINESS_CHECK, "waiting for partitions")
+        readiness.register(ICAREUS_CHECK, "not reached yet")
+        self._icareus_ok = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def run(self, stop: StopSignal) -> None:
         """Dispatch until `stop` is set, then drain and close."""
         self._client = IcareusClient(self.settings.icareus, on_retry=self._on_retry)
+        probe = asyncio.create_task(self._probe_icareus(stop), name="icareus-probe")
         try:
             self._start()
             await self._loop(stop)
             await self._drain()
         finally:
+            probe.cancel()
             self._close()
             await self._client.aclose()
+
+    async def _probe_icareus(self, stop: StopSignal) -> None:
+        """Readiness of Icareus: a getUser of an account that never exists, repeated while
+        Icareus is not known to answer (real calls keep the check current meanwhile)."""
+        assert self._client is not None
+        while not stop.is_set():
+            if not self._icareus_ok:
+                try:
+                    await self._client.get_user(external_id=ICAREUS_PROBE_ACCOUNT)
+                    self._icareus_answers(True, "answering")
+                except PermanentIcareusError as exc:
+                    self._icareus_answers(False, f"refuses the bridge: {exc.code}")
+                except IcareusError as exc:
+                    self._icareus_answers(False, f"unreachable: {exc.message}")
+            await asyncio.sleep(ICAREUS_PROBE_SECONDS)
+
+    def _icareus_answers(self, ok: bool, detail: str) -> None:
+        if ok != self._icareus_ok or not ok:
+            self._icareus_ok = ok
+            self.readiness.set(ICAREUS_CHECK, ok, detail)
 
     def _start(self) -> None:
         # The producer first: init_transactions aborts what an earlier incarnation of this
@@ -417,6 +444,7 @@ class Dispatcher:
         except GaveUp:
             raise
         except IcareusError as exc:  # transient, after the whole retry budget
+            self._icareus_answers(False, f"unreachable: {exc.message}")
             raise GaveUp(REASON_RETRIES_EXHAUSTED, exc) from exc
         except Exception as exc:  # a bug must not break the subscription's order either
             raise GaveUp(REASON_DISPATCH_FAILED, exc) from exc
@@ -452,6 +480,8 @@ class Dispatcher:
                 self.accounts.registration_rejected(request, exc.code)
             return outcomes.rejected_by_icareus(request, exc, user_id, self.clock_ms())
         self._observe_call(request, started)
+        if not self._icareus_ok:
+            self._icareus_answers(True, "answering")
         if request.type is RequestType.ADD_USER and call.user_id is not None:
             self.accounts.registered(request.account_key, call.user_id)
         elif request.type is RequestType.REMOVE_USER:
