@@ -66,7 +66,8 @@ ICAREUS_CHECK = "icareus"
 ICAREUS_PROBE_ACCOUNT = "icareus-bridge-readiness-probe"
 ICAREUS_PROBE_SECONDS = 5.0
 POLL_BATCH = 500
-IDLE_SLEEP_SECONDS = 0.005
+# Idle polls back off from the first to the second (a record resets it).
+IDLE_SLEEP_SECONDS = (0.002, 0.05)
 # A partition whose commit point trails this many read offsets is paused: the finished ones
 # beyond it must still fit in the commit metadata.
 MAX_SPAN = 10_000
@@ -243,6 +244,7 @@ class Dispatcher:
         assert self._consumer is not None
         interval = self.settings.dispatcher.commit_interval_ms / 1000.0
         next_commit = time.monotonic() + interval
+        idle = IDLE_SLEEP_SECONDS[0]
         while not stop.is_set():
             if self._failure is not None:
                 raise self._failure
@@ -254,7 +256,12 @@ class Dispatcher:
             if now >= next_commit:
                 await self._commit()
                 next_commit = now + interval
-            await asyncio.sleep(0 if records else IDLE_SLEEP_SECONDS)
+            if records:
+                idle = IDLE_SLEEP_SECONDS[0]
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(min(idle, interval))
+                idle = min(idle * 2, IDLE_SLEEP_SECONDS[1])
 
     async def _drain(self) -> None:
         """Stop taking work, let in-flight calls finish within the grace, commit."""
