@@ -333,13 +333,15 @@ def trusted_builder(cls: type[_M]) -> Callable[[dict[str, Any]], _M]:
     What `model_construct` does, minus its per-field default and alias handling (which costs
     more than the rest of `plan`). Only for values the code itself produced or that an Avro
     schema already typed; everything arriving from outside goes through validation."""
-    names = frozenset(cls.model_fields)
+    # One fields-set shared by every instance built here: frozen models never change it in
+    # place (model_copy copies it before recording updated fields).
+    fields_set = set(cls.model_fields)
     new = object.__new__
 
     def build(values: dict[str, Any]) -> _M:
         m = new(cls)
         _set(m, "__dict__", values)
-        _set(m, "__pydantic_fields_set__", set(names))
+        _set(m, "__pydantic_fields_set__", fields_set)
         _set(m, "__pydantic_extra__", None)
         _set(m, "__pydantic_private__", None)
         return m

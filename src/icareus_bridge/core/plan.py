@@ -21,11 +21,13 @@ from icareus_bridge.core.model import (
     AccountState,
     ActionCode,
     Decision,
+    InstalledItem,
     LifecycleEvent,
     ProvisioningRequest,
     Rejection,
     RejectionCode,
     RequestType,
+    Service,
     SkipReason,
     SubscriberProfile,
     Subscription,
@@ -148,84 +150,126 @@ def _item_keys(sub: Subscription | None) -> set[tuple[str, str | None, str, str]
     }
 
 
-@dataclass
 class _Wants:
-    """Per Icareus distributor, what Icareus should hold after the event, and what of it the
-    event touched (newly wanted, so errors about it are reported now)."""
+    """Per Icareus distributor, what Icareus should hold after the event; and, computed only
+    when a rejection needs it, what of it the event touched (newly wanted compared with the
+    previous snapshot, so errors about it are reported now)."""
 
-    products: dict[str, set[str]]
-    devices: dict[str, dict[str, str]]
-    touched_products: dict[str, set[str]]
-    touched_devices: dict[str, set[str]]
-    order: dict[str, None]  # distributors with something wanted, in order of first appearance
-    problems: list[tuple[RejectionCode, RequestType, str, str]]  # code, type, distributor, detail
+    def __init__(
+        self, sub: Subscription, previous: Subscription | None, view: _ProviderView
+    ) -> None:
+        self.sub = sub
+        self.previous = previous
+        self.products: dict[str, set[str]] = {}
+        self.devices: dict[str, dict[str, str]] = {}
+        self.order: dict[str, None] = {}  # distributors wanting something, first appearance
+        # (code, request type, distributor, detail)
+        self.problems: list[tuple[RejectionCode, RequestType, str, str]] = []
+        self._before_s: set[tuple[str, str | None, str]] | None = None
+        self._before_i: set[tuple[str, str | None, str, str]] | None = None
+        if sub.state not in TERMINATED_SUBSCRIPTION_STATES:
+            self._collect(view)
 
+    def service_touched(self, s: Service) -> bool:
+        if self.previous is None:
+            return True
+        if self._before_s is None:
+            self._before_s = _wanted_service_keys(self.previous)
+        return (s.id, s.distributor, s.product_code) not in self._before_s
 
-def _wants(sub: Subscription, previous: Subscription | None, view: _ProviderView) -> _Wants:
-    w = _Wants({}, {}, {}, {}, {}, [])
-    if sub.state in TERMINATED_SUBSCRIPTION_STATES:
-        return w
-    allowed_by = view.allowed
-    fresh = previous is None
-    if sub.state in EFFECTIVE_SUBSCRIPTION_STATES:
-        before_s = set() if fresh else _wanted_service_keys(previous)
-        for s in sub.services:
-            d = s.distributor
-            if d is None or d not in allowed_by or s.state not in EFFECTIVE_SERVICE_STATES:
+    def item_touched(self, i: InstalledItem) -> bool:
+        if self.previous is None:
+            return True
+        if self._before_i is None:
+            self._before_i = _item_keys(self.previous)
+        return (i.id, i.distributor, i.serial_number, i.physical_good_code) not in self._before_i
+
+    def touched_products(self, d: str, view: _ProviderView) -> set[str]:
+        if d not in self.products:
+            return set()
+        return {
+            view.services[s.product_code]
+            for s in self.sub.services
+            if s.distributor == d
+            and s.state in EFFECTIVE_SERVICE_STATES
+            and view.services.get(s.product_code) in self.products[d]
+            and self.service_touched(s)
+        }
+
+    def touched_devices(self, d: str) -> set[str]:
+        if d not in self.devices:
+            return set()
+        return {
+            i.serial_number
+            for i in self.sub.installed_items
+            if i.distributor == d and i.serial_number in self.devices[d] and self.item_touched(i)
+        }
+
+    def _collect(self, view: _ProviderView) -> None:
+        sub = self.sub
+        allowed_by = view.allowed
+        services = view.services
+        order = self.order
+        if sub.state in EFFECTIVE_SUBSCRIPTION_STATES:
+            products = self.products
+            for s in sub.services:
+                d = s.distributor
+                if d not in allowed_by or s.state not in EFFECTIVE_SERVICE_STATES:
+                    continue
+                allowed = allowed_by[d]
+                code = s.product_code
+                if allowed is not None and code not in allowed:
+                    if self.service_touched(s):
+                        self.problems.append(
+                            (
+                                RejectionCode.PRODUCT_NOT_ALLOWED,
+                                RequestType.ACTIVATE_PRODUCTS,
+                                d,
+                                f"service {s.id}: product {code} is not allowed on {d}",
+                            )
+                        )
+                    continue
+                pid = services.get(code)
+                if pid is None:
+                    if self.service_touched(s):
+                        self.problems.append(
+                            (
+                                RejectionCode.UNMAPPED_PRODUCT,
+                                RequestType.ACTIVATE_PRODUCTS,
+                                d,
+                                f"service {s.id}: product {code} has no Icareus product id",
+                            )
+                        )
+                    continue
+                order[d] = None
+                if d in products:
+                    products[d].add(pid)
+                else:
+                    products[d] = {pid}
+        goods = view.goods
+        devices = self.devices
+        for i in sub.installed_items:
+            d = i.distributor
+            if d not in allowed_by:
                 continue
-            touched = fresh or (s.id, d, s.product_code) not in before_s
-            allowed = allowed_by[d]
-            if allowed is not None and s.product_code not in allowed:
-                if touched:
-                    w.problems.append(
+            dtype = goods.get(i.physical_good_code)
+            if dtype is None:
+                if self.item_touched(i):
+                    self.problems.append(
                         (
-                            RejectionCode.PRODUCT_NOT_ALLOWED,
-                            RequestType.ACTIVATE_PRODUCTS,
+                            RejectionCode.UNMAPPED_PHYSICAL_GOOD,
+                            RequestType.ADD_DEVICE,
                             d,
-                            f"service {s.id}: product {s.product_code} is not allowed on {d}",
+                            f"installed item {i.id} ({i.serial_number}): physical good "
+                            f"{i.physical_good_code} has no Icareus device type",
                         )
                     )
                 continue
-            pid = view.services.get(s.product_code)
-            if pid is None:
-                if touched:
-                    w.problems.append(
-                        (
-                            RejectionCode.UNMAPPED_PRODUCT,
-                            RequestType.ACTIVATE_PRODUCTS,
-                            d,
-                            f"service {s.id}: product {s.product_code} has no Icareus product id",
-                        )
-                    )
-                continue
-            w.order[d] = None
-            w.products.setdefault(d, set()).add(pid)
-            if touched:
-                w.touched_products.setdefault(d, set()).add(pid)
-    before_i = set() if fresh else _item_keys(previous)
-    for i in sub.installed_items:
-        d = i.distributor
-        if d is None or d not in allowed_by:
-            continue
-        touched = fresh or (i.id, d, i.serial_number, i.physical_good_code) not in before_i
-        dtype = view.goods.get(i.physical_good_code)
-        if dtype is None:
-            if touched:
-                w.problems.append(
-                    (
-                        RejectionCode.UNMAPPED_PHYSICAL_GOOD,
-                        RequestType.ADD_DEVICE,
-                        d,
-                        f"installed item {i.id} ({i.serial_number}): physical good "
-                        f"{i.physical_good_code} has no Icareus device type",
-                    )
-                )
-            continue
-        w.order[d] = None
-        w.devices.setdefault(d, {})[i.serial_number] = dtype
-        if touched:
-            w.touched_devices.setdefault(d, set()).add(i.serial_number)
-    return w
+            order[d] = None
+            if d in devices:
+                devices[d][i.serial_number] = dtype
+            else:
+                devices[d] = {i.serial_number: dtype}
 
 
 # --- the plan --------------------------------------------------------------------------------
@@ -292,7 +336,7 @@ def plan(
         )
 
     view = _view(provider)
-    wants = _wants(sub, None if is_reset else state.snapshot, view)
+    wants = _Wants(sub, None if is_reset else state.snapshot, view)
     known = state.accounts
     number = sub.number
     phases: dict[RequestType, list[_Draft]] = {t: [] for t in _PHASES}
@@ -309,7 +353,7 @@ def plan(
         if free > 0:
             order.append(d)
             free -= 1
-        elif d in wants.touched_products or d in wants.touched_devices:
+        elif wants.touched_products(d, view) or wants.touched_devices(d):
             rejected.append(
                 _Draft(
                     RequestType.ADD_USER,
@@ -348,7 +392,7 @@ def plan(
         if not acc.registered:
             # Its ADD_USER was refused: nothing can be sent until a reset registers it again.
             accounts[d] = acc
-            touched_p = wants.touched_products.get(d, set()) - acc.products
+            touched_p = wants.touched_products(d, view) - acc.products
             if touched_p:
                 rejected.append(
                     _Draft(
@@ -360,7 +404,7 @@ def plan(
                         detail=f"account {key} is not registered in Icareus",
                     )
                 )
-            for serial in sorted(wants.touched_devices.get(d, ())):
+            for serial in sorted(wants.touched_devices(d)):
                 rejected.append(
                     _Draft(
                         RequestType.ADD_DEVICE,
