@@ -59,6 +59,15 @@ def test_a_restarted_dispatcher_skips_what_the_metadata_says_is_finished() -> No
     assert restored.committable() == 103
 
 
+def test_an_offset_delivered_twice_runs_once() -> None:
+    offsets = PartitionOffsets()
+    assert offsets.register(3) is True
+    assert offsets.register(3) is False
+    assert offsets.register(2) is False
+    offsets.mark_done(3)
+    assert offsets.committable() == 4
+
+
 def test_foreign_or_broken_metadata_means_nothing_is_skipped() -> None:
     assert decode_done_offsets(5, "") == frozenset()
     assert decode_done_offsets(5, "written by another tool") == frozenset()

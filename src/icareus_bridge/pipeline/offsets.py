@@ -30,9 +30,10 @@ class PartitionOffsets:
         self._highest: int | None = None
 
     def register(self, offset: int) -> bool:
-        """Record a consumed offset; False when an earlier run already finished it (skip it)."""
+        """Record a consumed offset; False when it must not run: an earlier run finished it
+        (commit metadata), or it was delivered already (a fetch repeated after pause/resume)."""
         if self._highest is not None and offset <= self._highest:
-            raise ValueError(f"offset {offset} registered after {self._highest}: not increasing")
+            return False
         self._highest = offset
         self._pending.append(offset)
         if offset in self._already_done:
