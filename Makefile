@@ -44,8 +44,19 @@ run: setup
 demo: setup
 	$(PY) tools/demo.py $(DEMO_ARGS)
 
-bench:
-	@echo "make bench arrives with the benchmark issue"; exit 1
+# Each benchmark in turn (output also in bench/out/<name>.txt); e2e_bench reads the HTTP
+# ceiling from icareus_bench's figures. Fails at the end if any of them failed.
+BENCHES := plan_bench icareus_bench planner_bench e2e_bench
+bench: setup
+	@mkdir -p bench/out; failed=""; \
+	for b in $(BENCHES); do \
+	  [ -f bench/$$b.py ] || continue; \
+	  args=""; [ $$b = e2e_bench ] && args="--icareus-figures bench/out/icareus_bench.txt $(BENCH_ARGS)"; \
+	  echo "== $(PY) bench/$$b.py $$args"; \
+	  { $(PY) -u bench/$$b.py $$args; echo $$? > bench/out/$$b.rc; } 2>&1 | tee bench/out/$$b.txt; \
+	  [ "$$(cat bench/out/$$b.rc)" = 0 ] || failed="$$failed $$b"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "benchmarks failed:$$failed"; exit 1; fi
 
 clean: kafka-down
 	rm -rf var/ bench/out/ .pytest_cache/ .mypy_cache/ .ruff_cache/ .hypothesis/ build/ dist/
