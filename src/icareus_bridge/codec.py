@@ -384,9 +384,17 @@ class Codec:
         only the action code is left to validate. Older writer versions are resolved by
         fastavro and validated by the model."""
         reader = self._event_reader
-        if reader is not None and data[:_SINGLE_OBJECT_HEADER] == self._event_header:
+        start = 0
+        if reader is not None:
+            if data[:_SINGLE_OBJECT_HEADER] == self._event_header:
+                start = _SINGLE_OBJECT_HEADER
+            elif self.registry is not None and len(data) > _CONFLUENT_HEADER and data[0] == 0:
+                name, writer = self._registry_writer(int.from_bytes(data[1:5], "big"))
+                if name == EVENT and writer is self.schemas.current[EVENT].parsed:
+                    start = _CONFLUENT_HEADER
+        if reader is not None and start:
             try:
-                event, end = reader(data, _SINGLE_OBJECT_HEADER)
+                event, end = reader(data, start)
             except (EOFError, IndexError, ValueError) as exc:
                 raise DecodeError(
                     DecodeReason.MALFORMED, f"{EVENT}: body does not decode: {exc!r}"
