@@ -39,6 +39,7 @@ class _Compiler:
         self.functions: list[str] = []
         self.records: dict[str, str] = {}  # full name -> function name
         self.named: dict[str, Any] = {}
+        self.inlining: set[str] = set()
         self.counter = 0
 
     def tmp(self) -> str:
@@ -96,8 +97,11 @@ class _Compiler:
             return lines
         t = schema["type"]
         if t == "record":
-            fn = self.record(schema, namespace)
-            return [f"{ind}{out}, pos = {fn}(data, pos, size)"]
+            full = self.full_name(schema, namespace)
+            if full in self.inlining:  # a recursive type: call its own function
+                fn = self.record(schema, namespace)
+                return [f"{ind}{out}, pos = {fn}(data, pos, size)"]
+            return self.inline_record(schema, full, out, ind)
         if t == "enum":
             full = self.full_name(schema, namespace)
             self.named[full] = schema
@@ -130,30 +134,39 @@ class _Compiler:
             return self.value(t, out, ind, namespace)
         raise ValueError(f"unsupported Avro type {t!r}")
 
+    def builder(self, full: str) -> str:
+        name = f"B{len(self.env)}_{full.rsplit('.', 1)[-1]}"
+        self.env[name] = self.builders.get(full, dict)
+        return name
+
+    def inline_record(self, schema: Mapping[str, Any], full: str, out: str, ind: str) -> list[str]:
+        # Inline, not a call per record: no call and no (value, pos) tuple per array element.
+        self.named[full] = schema
+        self.inlining.add(full)
+        ns = full.rsplit(".", 1)[0] if "." in full else ""
+        lines: list[str] = []
+        fields = []
+        for f in schema["fields"]:
+            local = self.tmp()
+            lines += self.value(f["type"], local, ind, ns)
+            fields.append(f"{f['name']!r}: {local}")
+        self.inlining.discard(full)
+        lines.append(f"{ind}{out} = {self.builder(full)}({{{', '.join(fields)}}})")
+        return lines
+
     def record(self, schema: Mapping[str, Any], namespace: str) -> str:
         full = self.full_name(schema, namespace)
         if full in self.records:
             return self.records[full]
-        self.named[full] = schema
         fn = f"r{len(self.records)}_{full.rsplit('.', 1)[-1]}"
         self.records[full] = fn
-        ns = full.rsplit(".", 1)[0] if "." in full else ""
-        body: list[str] = []
-        fields = []
-        for f in schema["fields"]:
-            local = f"f_{f['name']}"
-            body += self.value(f["type"], local, "    ", ns)
-            fields.append(f"{f['name']!r}: {local}")
-        builder = f"B_{fn}"
-        self.env[builder] = self.builders.get(full, dict)
+        was_inlining = full in self.inlining
+        self.inlining.add(full)
+        body = self.inline_record(schema, full, "value", "    ")
+        if was_inlining:
+            self.inlining.add(full)
         self.functions.append(
-            "\n".join(
-                [
-                    f"def {fn}(data, pos, size):",
-                    *body,
-                    f"    return {builder}({{{', '.join(fields)}}}), pos",
-                ]
-            )
+            "\n".join([f"def {fn}(data, pos, size):", *body, "    return value, pos"])
         )
         return fn
 
