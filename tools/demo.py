@@ -665,7 +665,8 @@ def summary(publisher: Publisher, watcher: Watcher, seconds: float) -> list[Prov
     ]
     print(
         f"\nevent -> result latency (sent requests, event occurred_at to result record "
-        f"timestamp, n={len(latencies)}): p50 {percentile(latencies, 0.5):.0f} ms, "
+        f"timestamp; each phase is published as one burst, so this includes queueing behind "
+        f"it; n={len(latencies)}): p50 {percentile(latencies, 0.5):.0f} ms, "
         f"p99 {percentile(latencies, 0.99):.0f} ms, max {max(latencies, default=0):.0f} ms"
     )
     print(f"dead letters for these subscriptions: {len(dead)}")
