@@ -9,6 +9,7 @@ can fail to become a valid event raises one `DecodeError` whose `reason` becomes
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
 from icareus_bridge.avro_reader import Reader, compile_reader
+from icareus_bridge.avro_writer import UnsupportedSchema, Writer, compile_writer
 from icareus_bridge.core.model import (
     AccountState,
     Action,
@@ -247,6 +249,12 @@ class Codec:
             name: SINGLE_OBJECT_MAGIC + v.fingerprint for name, v in self.schemas.current.items()
         }
         self._event_header = self._headers[EVENT]
+        # Compiled writers for the current schemas (the planner's hot path); fastavro writes
+        # any schema the compiler does not handle.
+        self._writers: dict[str, Writer] = {}
+        for name, v in self.schemas.current.items():
+            with contextlib.suppress(UnsupportedSchema):
+                self._writers[name] = compile_writer(json.loads(v.source))
         self._event_reader = _event_models_reader(self.schemas.current[EVENT])
         self._registry_ids: dict[str, int] = {}
         self._registry_writers: dict[int, tuple[str, Any]] = {}
@@ -279,11 +287,15 @@ class Codec:
     def encode(self, record: str, obj: Mapping[str, Any]) -> bytes:
         """Avro bytes of `obj` written with the current schema of `record` (short name)."""
         schema = self.schemas.current[record]
-        buf = io.BytesIO()
         if self.registry is not None:
-            buf.write(b"\x00" + self._registry_id(record).to_bytes(4, "big"))
+            header = b"\x00" + self._registry_id(record).to_bytes(4, "big")
         else:
-            buf.write(self._headers[record])
+            header = self._headers[record]
+        writer = self._writers.get(record)
+        if writer is not None:
+            return header + writer(obj)
+        buf = io.BytesIO()
+        buf.write(header)
         fastavro.schemaless_writer(buf, schema.parsed, obj)
         return buf.getvalue()
 
