@@ -31,11 +31,12 @@ class OutboundRecord:
 
 @dataclass(slots=True)
 class StateWrite:
-    """A pending changelog write: the encoded value (None = tombstone) and the decoded object
-    the stage may read back before the commit (read-your-writes within the batch)."""
+    """A pending changelog write: the object the stage may read back before the commit
+    (read-your-writes within the batch) and, once encoded at commit, its bytes (None = a
+    tombstone)."""
 
-    value: bytes | None
     obj: Any
+    value: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,9 @@ class Checkpoint:
     producer: Producer
     consumer: Consumer
     changelog_topic: str
+    # Encodes a state object for the changelog; called once per key at commit, so a key
+    # written many times in one batch is encoded once. None: objects are already bytes.
+    encode_state: Callable[[Any], bytes | None] | None = None
     max_records: int = 500
     max_seconds: float = 0.1
     commit_timeout: float = 30.0
@@ -108,9 +112,10 @@ class Checkpoint:
                 self.producer.poll(0.05)
         self._produced += 1
 
-    def put_state(self, partition: int, key: bytes, value: bytes | None, obj: Any) -> None:
-        """Record a changelog write; only the last write per key is produced at commit."""
-        self._state[(partition, key)] = StateWrite(value, obj)
+    def put_state(self, partition: int, key: bytes, obj: Any) -> None:
+        """Record a changelog write (obj None = tombstone); only the last write per key is
+        encoded and produced, at commit."""
+        self._state[(partition, key)] = StateWrite(obj)
 
     def pending_state(self, partition: int, key: bytes) -> StateWrite | None:
         """The write this checkpoint holds for the key, if any (read-your-writes)."""
@@ -166,7 +171,8 @@ class Checkpoint:
         """Make the batch visible atomically. Steps, in order:
 
         1. Begin the transaction if nothing was produced yet (offsets alone still need one).
-        2. Produce the changelog: the last write per key, to the input record's partition.
+        2. Produce the changelog: the last write per key, encoded now, to the partition of
+           the input record that caused it.
         3. `send_offsets_to_transaction`: the next offset of every processed partition, with
            the consumer's group metadata (generation-fenced: a member that lost its partitions
            in a rebalance cannot commit them).
@@ -181,7 +187,14 @@ class Checkpoint:
             return CommitStats(0, 0, 0, 0.0)
         try:
             self._begin()  # 1
+            encode = self.encode_state
             for partition, key, write in self.state_writes():  # 2
+                if write.obj is None:
+                    write.value = None
+                elif encode is not None:
+                    write.value = encode(write.obj)
+                else:
+                    write.value = write.obj
                 self.produce(
                     OutboundRecord(self.changelog_topic, key, write.value, partition=partition)
                 )

@@ -76,10 +76,11 @@ class InboundRecord:
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
+    """The new known state of one subscription (encoded for the changelog at commit)."""
+
     partition: int
     key: bytes
-    value: bytes | None
-    record: SubscriptionRecord | None
+    record: SubscriptionRecord
 
 
 @dataclass(slots=True)
@@ -190,7 +191,7 @@ class PlannerLogic:
             return Handled(
                 outcome="planned",
                 outputs=[OutboundRecord(self.topics.requests, key, rec.value, partition=p)],
-                state=StateChange(p, key, self.codec.encode_state(reset_state), reset_state),
+                state=StateChange(p, key, reset_state),
                 action=action,
             )
         for request in decision.requests:
@@ -209,7 +210,7 @@ class PlannerLogic:
                     )
                 )
         new_state: SubscriptionRecord = decision.state
-        change = StateChange(p, key, self.codec.encode_state(new_state), new_state)
+        change = StateChange(p, key, new_state)
         return Handled(
             outcome="planned",
             outputs=out,
@@ -252,7 +253,7 @@ class PlannerLogic:
             return self._dead(rec, "plan", "FEEDBACK_FAILED", exc, kind)
         if folded == state:
             return Handled(outcome="feedback_ignored", action=kind, result_state=state_name)
-        change = StateChange(partition, key, self.codec.encode_state(folded), folded)
+        change = StateChange(partition, key, folded)
         return Handled(
             outcome="feedback_applied", state=change, action=kind, result_state=state_name
         )
@@ -301,6 +302,7 @@ class Planner:
         self._assigned: set[int] = set()
         self._ready = False
         self._last_lag_at = 0.0
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         readiness.register(READINESS_CHECK, "waiting for partitions")
 
     # --- clients ------------------------------------------------------------------------
@@ -326,6 +328,7 @@ class Planner:
             self._producer,
             self._consumer,
             self.topics.state,
+            encode_state=self.logic.codec.encode_state,
             max_records=p.batch_max_events,
             max_seconds=p.batch_max_ms / 1000.0,
         )
@@ -470,15 +473,24 @@ class Planner:
             cp.produce(out)
         if h.state is not None:
             s = h.state
-            cp.put_state(s.partition, s.key, s.value, s.record)
+            cp.put_state(s.partition, s.key, s.record)
         cp.mark_processed(rec.topic, rec.partition, rec.offset)
         self._count(rec, h)
+
+    def _inc(self, counter: Any, *labels: str) -> None:
+        # prometheus_client's labels() costs more than the planning of a small event: cache
+        # the children (the label sets are few: action codes, types, reasons).
+        key = (id(counter), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*labels)
+        child.inc()
 
     def _count(self, rec: InboundRecord, h: Handled) -> None:
         m = self.metrics
         if h.dead_letter is not None:
             stage, reason = h.dead_letter
-            m.dead_letters.labels(stage, reason).inc()
+            self._inc(m.dead_letters, stage, reason)
             self.log.warning(
                 "record dead-lettered",
                 stage=stage,
@@ -490,14 +502,14 @@ class Planner:
         if rec.topic == self.topics.results:
             if h.dead_letter is None:
                 outcome = h.outcome.removeprefix("feedback_")
-                m.feedback.labels(h.action, h.result_state, outcome).inc()
+                self._inc(m.feedback, h.action, h.result_state, outcome)
             return
-        m.events.labels(h.action or "UNKNOWN", h.outcome).inc()
+        self._inc(m.events, h.action or "UNKNOWN", h.outcome)
         for t in h.request_types:
-            m.requests_planned.labels(t).inc()
+            self._inc(m.requests_planned, t)
         for t, code in h.rejections:
-            m.rejections_planned.labels(t, code).inc()
-            m.results.labels(t, LifeCycleState.REJECTED.value).inc()
+            self._inc(m.rejections_planned, t, code)
+            self._inc(m.results, t, LifeCycleState.REJECTED.value)
 
     def _commit_open(self, reason: str) -> None:
         cp = self._checkpoint
