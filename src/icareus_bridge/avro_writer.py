@@ -118,9 +118,25 @@ class _Compiler:
         if schema == "boolean":
             return [f"{ind}buf.append(1 if {expr} else 0)"]
         if schema in ("int", "long"):
-            return [f"{ind}_long(buf, {expr})"]
+            # Inline fast path: most numbers are small and non-negative (one byte).
+            n = self.tmp()
+            return [
+                f"{ind}{n} = {expr}",
+                f"{ind}if 0 <= {n} < 64:",
+                f"{ind}    buf.append({n} << 1)",
+                f"{ind}else:",
+                f"{ind}    _long(buf, {n})",
+            ]
         if schema == "string":
-            return [f"{ind}_string(buf, {expr})"]
+            b = self.tmp()
+            return [
+                f"{ind}{b} = {expr}.encode()",
+                f"{ind}if len({b}) < 64:",
+                f"{ind}    buf.append(len({b}) << 1)",
+                f"{ind}else:",
+                f"{ind}    _long(buf, len({b}))",
+                f"{ind}buf += {b}",
+            ]
         if schema == "bytes":
             return [f"{ind}_long(buf, len({expr}))", f"{ind}buf += {expr}"]
         if schema == "float":
