@@ -238,8 +238,11 @@ def record(name: str, command: str, cpu_runs: list[float], wall_runs: list[float
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.1f}) |"
     )
     lines = [ln for ln in text.splitlines() if not ln.startswith(f"| {name} |")]
+    # The row goes at the end of the table; notes below the table stay where they are.
+    last_row = max((i for i, ln in enumerate(lines) if ln.startswith("|")), default=len(lines) - 1)
+    lines.insert(last_row + 1, row)
     BENCHMARKS_MD.parent.mkdir(parents=True, exist_ok=True)
-    BENCHMARKS_MD.write_text("\n".join([*lines, row]) + "\n")
+    BENCHMARKS_MD.write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
