@@ -285,7 +285,9 @@ class Codec:
     # -- generic ------------------------------------------------------------------------------
 
     def encode(self, record: str, obj: Mapping[str, Any]) -> bytes:
-        """Avro bytes of `obj` written with the current schema of `record` (short name)."""
+        """Avro bytes of `obj` written with the current schema of `record` (short or full
+        name, e.g. `ProvisioningRequest` or `com.icareus.bridge.v1.ProvisioningRequest`)."""
+        record = record.rsplit(".", 1)[-1]
         schema = self.schemas.current[record]
         if self.registry is not None:
             header = b"\x00" + self._registry_id(record).to_bytes(4, "big")
