@@ -72,8 +72,12 @@ def assign_only_consumer(
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-            "fetch.max.bytes": 52428800,
-            "max.partition.fetch.bytes": 10485760,
+            # Bounded prefetch: restoring a million subscriptions must not hold hundreds of
+            # MB of fetched-but-unread records (librdkafka's default is 100k per partition).
+            "queued.min.messages": 20000,
+            "queued.max.messages.kbytes": 32768,
+            "fetch.max.bytes": 16777216,
+            "max.partition.fetch.bytes": 4194304,
         }
     )
     conf.update(overrides or {})
