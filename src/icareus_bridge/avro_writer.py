@@ -1,7 +1,7 @@
 """Writers compiled from an Avro schema for the codec's hot path: the planner encodes every
 request, rejection result and state record it produces, so each current schema gets
 straight-line Python that writes the binary body from the record dict (as `model_dump` gives
-it). fastavro remains the reference (tests compare both byte for byte) and the fallback for a
+it) or from the pydantic model itself (its `__dict__`, which skips `model_dump`). fastavro remains the reference (tests compare both byte for byte) and the fallback for a
 schema shape this compiler does not handle (`UnsupportedSchema`)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-Writer = Callable[[Mapping[str, Any]], bytes]
+Writer = Callable[[Any], bytes]
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
@@ -169,11 +169,14 @@ class _Compiler:
         if schema["type"] == "enum":
             table = f"_enum_{len(self.compiled)}"
             self.env[table] = {s: i for i, s in enumerate(schema["symbols"])}
-            self.functions.append(
-                f"def {name}(buf, value):\n    _long(buf, {table}[value])\n"
-            )
+            self.functions.append(f"def {name}(buf, value):\n    _long(buf, {table}[value])\n")
             return name
-        lines = [f"def {name}(buf, rec):"]
+        # Records come as dicts (model_dump) or as models, whose __dict__ holds the fields.
+        lines = [
+            f"def {name}(buf, rec):",
+            "    if rec.__class__ is not dict:",
+            "        rec = rec.__dict__",
+        ]
         for f in schema["fields"]:
             fname = f["name"]
             if "default" in f:
@@ -185,7 +188,7 @@ class _Compiler:
             v = self.tmp()
             lines.append(f"    {v} = {expr}")
             lines += self.emit(f["type"], v, "    ", own_ns)
-        if len(lines) == 1:
+        if len(lines) == 3:
             lines.append("    pass")
         self.functions.append("\n".join(lines) + "\n")
         return name

@@ -421,14 +421,21 @@ class Codec:
             return _check_action(event)
         return validate_event(self._decode_as(data, EVENT))
 
+    def _encode_model(self, record: str, model: Any) -> bytes:
+        # The compiled writer reads the model's fields directly: no model_dump on the hot path.
+        writer = self._writers.get(record)
+        if writer is None or self.registry is not None:
+            return self.encode(record, model.model_dump())
+        return self._headers[record] + writer(model)
+
     def encode_request(self, request: ProvisioningRequest) -> bytes:
-        return self.encode(REQUEST, request.model_dump())
+        return self._encode_model(REQUEST, request)
 
     def decode_request(self, data: bytes) -> ProvisioningRequest:
         return _validated(ProvisioningRequest, self._decode_as(data, REQUEST))
 
     def encode_result(self, result: ProvisioningResult) -> bytes:
-        return self.encode(RESULT, result.model_dump())
+        return self._encode_model(RESULT, result)
 
     def decode_result(self, data: bytes) -> ProvisioningResult:
         return _validated(ProvisioningResult, self._decode_as(data, RESULT))

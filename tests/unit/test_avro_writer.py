@@ -143,3 +143,25 @@ def test_unions_of_two_non_null_types_are_left_to_fastavro() -> None:
     schema = {"type": "record", "name": "R", "fields": [{"name": "x", "type": ["int", "string"]}]}
     with pytest.raises(UnsupportedSchema):
         compile_writer(schema)
+
+
+def test_models_are_written_as_their_model_dump_would_be() -> None:
+    codec = Codec()
+    state = None
+    for ev in [
+        _event(1, [("TV", "VP1")], ["SN1"]),
+        _event(2, [("TV", "VP1"), ("GOLF", "VP1"), ("TV", "VP2")], []),
+    ]:
+        d = plan(state, ev, PROVIDER)
+        state = d.state
+        models: list[Any] = [ev, *d.requests]
+        models += [rejection_result(r, ev, executed_at=1) for r in d.rejections]
+        for model in models:
+            name = type(model).__name__
+            if name == "LifecycleEvent":
+                name = "SubscriptionLifecycleEvent"
+            version = codec.schemas.current[name]
+            buf = io.BytesIO()
+            fastavro.schemaless_writer(buf, version.parsed, model.model_dump())
+            assert compile_writer(json.loads(version.source))(model) == buf.getvalue()
+    assert codec.decode_request(codec.encode_request(d.requests[0])) == d.requests[0]
