@@ -25,8 +25,10 @@ class FakeProducer:
     def begin_transaction(self) -> None:
         self.calls.append(("begin",))
 
-    def produce(self, topic: str, **kw: Any) -> None:
-        self.calls.append(("produce", topic, kw.get("key"), kw.get("value"), kw.get("partition")))
+    def produce(
+        self, topic: str, value: Any = None, key: Any = None, partition: int = -1, **kw: Any
+    ) -> None:
+        self.calls.append(("produce", topic, key, value, partition))
 
     def poll(self, _t: float) -> int:
         return 0

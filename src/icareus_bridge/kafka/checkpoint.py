@@ -97,15 +97,18 @@ class Checkpoint:
 
     def produce(self, record: OutboundRecord) -> None:
         """Produce inside this checkpoint's transaction (begun on the first record)."""
-        self._begin()
-        kwargs: dict[str, Any] = {"key": record.key, "value": record.value}
-        if record.partition is not None:
-            kwargs["partition"] = record.partition
-        if record.headers:
-            kwargs["headers"] = record.headers
+        if not self._in_transaction:
+            self._begin()
+        partition = -1 if record.partition is None else record.partition  # -1: partitioner
         while True:
             try:
-                self.producer.produce(record.topic, **kwargs)
+                if record.headers:
+                    headers: list[tuple[str, str | bytes | None]] = list(record.headers)
+                    self.producer.produce(
+                        record.topic, record.value, record.key, partition=partition, headers=headers
+                    )
+                else:
+                    self.producer.produce(record.topic, record.value, record.key, partition)
                 break
             except BufferError:
                 # Local queue full: let librdkafka send, then try again.
