@@ -12,8 +12,10 @@ and how many the simulator itself serves, each pinned to one core of this machin
 - Simulator ceiling: `wrk` (if installed; `apt-get install wrk`) pinned to core 1, cycling
   through pre-signed calls of all seven actions. Without wrk, several raw aiohttp load
   processes on the remaining cores stand in (less honest on a 2-core machine).
-Each figure is the median requests/s of `--runs` runs of `--seconds` seconds (after a 1 s
-warm-up). Prints one JSON object per figure, then a markdown table."""
+Each figure is the median of `--runs` runs of `--seconds` seconds (client: after a 1 s
+warm-up): requests/s by the wall clock, and requests per CPU-second of the measured process
+(client process, or simulator process) — what one fully used core sustains, which stays honest
+when other work shares the machine. Prints one JSON object per figure, then a markdown table."""
 
 from __future__ import annotations
 
@@ -100,13 +102,17 @@ async def client_load(base_url: str, backend: str, inflight: int, seconds: float
         await asyncio.gather(*(worker(w) for w in range(inflight)))
         counting = True
         started = time.perf_counter()
+        cpu_started = time.process_time()
         stop_at = started + seconds
         await asyncio.gather(*(worker(w) for w in range(inflight)))
         elapsed = time.perf_counter() - started
-    return {"rps": calls / elapsed, "calls": calls, "errors": errors}
+        cpu = time.process_time() - cpu_started
+    return {"rps": calls / elapsed, "per_cpu_s": calls / cpu, "calls": calls, "errors": errors}
 
 
-def run_client_process(base_url: str, backend: str, inflight: int, seconds: float) -> float:
+def run_client_process(
+    base_url: str, backend: str, inflight: int, seconds: float
+) -> tuple[float, float]:
     out = subprocess.run(
         [sys.executable, __file__, "_client", base_url, backend, str(inflight), str(seconds)],
         check=True,
@@ -116,7 +122,7 @@ def run_client_process(base_url: str, backend: str, inflight: int, seconds: floa
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["errors"]:
         print(f"  warning: {result['errors']} failed cycles", file=sys.stderr)
-    return float(result["rps"])
+    return float(result["rps"]), float(result["per_cpu_s"])
 
 
 # --- the simulator ceiling -----------------------------------------------------------------------
@@ -172,18 +178,30 @@ end
 """
 
 
-def run_wrk(sim: SimulatorHandle, connections: int, seconds: float, workdir: Path) -> float:
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    sim: SimulatorHandle, connections: int, seconds: float, workdir: Path
+) -> tuple[float, float]:
     data = workdir / "requests.tsv"
     data.write_text("\n".join(f"{p}\t{b}" for p, b in signed_requests(7 * 500)) + "\n")
     script = workdir / "icareus.lua"
     script.write_text(WRK_SCRIPT % data)
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "-s", str(script), sim.root_url]
+    assert sim.pid is not None
+    cpu_before = cpu_seconds(sim.pid)
     out = subprocess.run(
         cmd, check=True, capture_output=True, text=True, preexec_fn=lambda: pin({LOAD_CPU})
     ).stdout
+    cpu = cpu_seconds(sim.pid) - cpu_before
     for line in out.splitlines():
         if line.startswith("Requests/sec:"):
-            return float(line.split()[1])
+            rate = float(line.split()[1])
+            return rate, rate * seconds / cpu
     raise RuntimeError(f"wrk printed no rate:\n{out}")
 
 
@@ -194,9 +212,16 @@ def pin(cpus: set[int]) -> None:
 # --- orchestration -------------------------------------------------------------------------------
 
 
-def median_of(runs: int, measure: Any) -> tuple[float, list[float]]:
+def median_of(runs: int, measure: Any) -> dict[str, Any]:
+    """Median wall-clock rate and median rate per CPU-second of the measured process (the
+    second is what one fully used core sustains, even when other work shares the machine)."""
     samples = [measure() for _ in range(runs)]
-    return statistics.median(samples), samples
+    return {
+        "median_rps": round(statistics.median(s[0] for s in samples)),
+        "median_per_cpu_s": round(statistics.median(s[1] for s in samples)),
+        "samples_rps": [round(s[0]) for s in samples],
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def main() -> int:
@@ -231,18 +256,14 @@ def main() -> int:
             for backend in args.backends:
                 for inflight in args.inflight:
 
-                    def measure(backend: str = backend, inflight: int = inflight) -> float:
+                    def measure(
+                        backend: str = backend, inflight: int = inflight
+                    ) -> tuple[float, float]:
                         admin.reset()
                         return run_client_process(sim.base_url, backend, inflight, args.seconds)
 
-                    med, samples = median_of(args.runs, measure)
-                    rows.append(
-                        {
-                            "benchmark": f"Icareus client ({backend}), {inflight} in flight",
-                            "median_rps": round(med),
-                            "samples": [round(s) for s in samples],
-                        }
-                    )
+                    name = f"Icareus client ({backend}), {inflight} in flight"
+                    rows.append({"benchmark": name, **median_of(args.runs, measure)})
                     print(json.dumps(rows[-1]), flush=True)
         if not args.skip_simulator:
             if shutil.which("wrk") is None:
@@ -251,26 +272,23 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 for inflight in args.inflight:
 
-                    def measure_sim(inflight: int = inflight) -> float:
+                    def measure_sim(inflight: int = inflight) -> tuple[float, float]:
                         admin.reset()
                         return run_wrk(sim, inflight, args.seconds, Path(tmp))
 
-                    med, samples = median_of(args.runs, measure_sim)
-                    rows.append(
-                        {
-                            "benchmark": f"Icareus simulator (wrk), {inflight} connections",
-                            "median_rps": round(med),
-                            "samples": [round(s) for s in samples],
-                        }
-                    )
+                    name = f"Icareus simulator (wrk), {inflight} connections"
+                    rows.append({"benchmark": name, **median_of(args.runs, measure_sim)})
                     print(json.dumps(rows[-1]), flush=True)
         admin.close()
 
     print(f"\nmachine: {machine()}\n")
-    print("| benchmark | median req/s | runs |")
-    print("|---|---|---|")
+    print("| benchmark | median req/s | median req per CPU-second | runs (req/s) | load 1m |")
+    print("|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['benchmark']} | {row['median_rps']:,} | {row['samples']} |")
+        print(
+            f"| {row['benchmark']} | {row['median_rps']:,} | {row['median_per_cpu_s']:,} "
+            f"| {row['samples_rps']} | {row['load_avg_1m']} |"
+        )
     return 0
 
 

@@ -257,7 +257,6 @@ class IcareusSimulator:
         self.calls: deque[dict[str, Any]] = deque(maxlen=self.config.call_log_size or None)
         self._seq = 0
         self._answers: OrderedDict[str, Answer] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[Answer]] = {}
         self.set_faults(self.config.faults)
 
     def set_faults(self, faults: Faults) -> None:
@@ -609,6 +608,7 @@ class IcareusApi:
         if not sim.authorized(spec, form, time.time()):
             sim.stats["auth_failures"] += 1
             return _error("INVALID_TOKEN", "invalid organization or token")
+        # No await from here to remember(): concurrent repeats of one key see one effect.
         if key:
             first = sim._answers.get(key)
             if first is not None:
@@ -766,6 +766,11 @@ def main(args: argparse.Namespace) -> int:
         extra_products=products,
         faults=faults,
     )
+    # uvicorn stops on SIGINT/SIGTERM, then re-raises the signal to the handler it found:
+    # make that handler a clean exit 0 rather than a traceback or a 143. Installed before the
+    # ready line, so a signal sent as soon as it appears is not lost.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_cleanly)
     try:
         sock = _bind(args.host, args.port)
     except OSError as exc:
@@ -786,6 +791,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 class SimulatorHandle:
     """A running simulator. `base_url` is what `icareus.base_url` should be; `admin_url` is the
     `/_sim` root. `stop()` ends it (idempotent); also a context manager."""
@@ -797,6 +806,7 @@ class SimulatorHandle:
         self.root_url = f"http://{shown}:{port}"
         self.base_url = self.root_url + api_prefix
         self.admin_url = self.root_url + "/_sim"
+        self.pid: int | None = None  # the child process, for start_simulator_process
         self._stopper = stopper
         self._stopped = False
 
@@ -902,7 +912,7 @@ def start_simulator_process(
             proc.stdout.close()
 
     handle = SimulatorHandle(url.hostname, url.port, api_prefix, stop)
-    handle.pid = proc.pid  # type: ignore[attr-defined]
+    handle.pid = proc.pid
     return handle
 
 
