@@ -1,8 +1,9 @@
 """Writers compiled from an Avro schema for the codec's hot path: the planner encodes every
 request, rejection result and state record it produces, so each current schema gets
 straight-line Python that writes the binary body from the record dict (as `model_dump` gives
-it) or from the pydantic model itself (its `__dict__`, which skips `model_dump`). fastavro remains the reference (tests compare both byte for byte) and the fallback for a
-schema shape this compiler does not handle (`UnsupportedSchema`)."""
+it) or from the pydantic model itself (its `__dict__`, which skips `model_dump`). fastavro
+remains the reference (tests compare both byte for byte) and the fallback for a schema shape
+this compiler does not handle (`UnsupportedSchema`)."""
 
 from __future__ import annotations
 
