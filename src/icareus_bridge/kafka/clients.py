@@ -155,3 +155,8 @@ def partition_lag(consumer: Consumer, partitions: Iterable[tuple[str, int]]) -> 
         if high is not None and high >= 0:
             out.append(PartitionLag(tp.topic, tp.partition, max(high - tp.offset, 0)))
     return out
+
+
+def is_all_brokers_down(err: Any) -> bool:
+    """A client error saying no broker of the cluster can be reached."""
+    return bool(err is not None and err.code() == KafkaError._ALL_BROKERS_DOWN)

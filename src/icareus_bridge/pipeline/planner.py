@@ -303,6 +303,8 @@ class Planner:
         self._ready = False
         self._last_lag_at = 0.0
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._brokers_down = False
+        self._last_broker_check = 0.0
         readiness.register(READINESS_CHECK, "waiting for partitions")
 
     # --- clients ------------------------------------------------------------------------
@@ -321,6 +323,9 @@ class Planner:
 
     def _on_client_error(self, err: Any) -> None:
         self.log.warning("kafka client error", error=str(err))
+        if clients.is_all_brokers_down(err):
+            self._brokers_down = True
+            self.readiness.set(READINESS_CHECK, False, "no broker reachable")
 
     def _new_checkpoint(self) -> Checkpoint:
         p = self.settings.planner
@@ -450,7 +455,24 @@ class Planner:
         cp = self._checkpoint
         if cp.due() or (not msgs and not cp.empty):
             self._commit_open(reason="batch")
+        if self._brokers_down:
+            self._check_brokers()
         return handled
+
+    def _check_brokers(self) -> None:
+        """After 'all brokers down': ready again once the cluster answers a metadata call."""
+        now = time.monotonic()
+        if now - self._last_broker_check < 2.0:
+            return
+        self._last_broker_check = now
+        try:
+            self._consumer.list_topics(self.topics.input, timeout=1.0)
+        except Exception:
+            return
+        self._brokers_down = False
+        if self._ready:
+            self.readiness.set(READINESS_CHECK, True, f"{len(self._assigned)} partitions")
+        self.log.info("broker reachable again")
 
     def _handle(self, msg: Any) -> None:
         assert self._checkpoint is not None
