@@ -408,6 +408,11 @@ class PlannerProcess:
         except OSError:
             return 0
 
+    def http_text(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            body: bytes = r.read()
+            return body.decode()
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         def ready() -> bool:
             assert self.proc is not None

@@ -54,6 +54,7 @@ def test_kill_9_mid_stream_then_restart_plans_every_request_exactly_once(
     )
     planner.start().wait_ready()
     assert planner.http_status("/healthz") == 200
+    assert planner.http_status("/metrics") == 200
 
     def feed() -> None:  # the stream keeps flowing while the planner dies and comes back
         for i in range(0, len(events), 50):
@@ -83,7 +84,10 @@ def test_kill_9_mid_stream_then_restart_plans_every_request_exactly_once(
         got = decoded_requests(
             read_topic(kafka_bootstrap, topics.requests, expect=len(want), timeout=90, settle=2.0)
         )
-        assert restarted.terminate() == 0, restarted.log_tail()
+        metrics = restarted.http_text("/metrics")
+        assert "icareus_bridge_state_restore_seconds" in metrics
+        assert 'icareus_bridge_events_total{action="' in metrics
+        assert restarted.terminate() == 0, restarted.log_tail()  # SIGTERM: clean exit
     finally:
         for p in (planner,):
             if p.proc is not None and p.proc.poll() is None:
