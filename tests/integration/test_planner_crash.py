@@ -63,6 +63,7 @@ def test_kill_9_mid_stream_then_restart_plans_every_request_exactly_once(
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
+    processes = [planner]
     try:
         # Kill once part of the output is written: a transaction is almost surely open.
         wait_for(
@@ -80,6 +81,7 @@ def test_kill_9_mid_stream_then_restart_plans_every_request_exactly_once(
             group=planner.env["ICAREUS_BRIDGE__PLANNER__GROUP_ID"],
             instance=planner.env["ICAREUS_BRIDGE__PLANNER__INSTANCE_ID"],
         )
+        processes.append(restarted)
         restarted.start().wait_ready()
         got = decoded_requests(
             read_topic(kafka_bootstrap, topics.requests, expect=len(want), timeout=90, settle=2.0)
@@ -89,7 +91,7 @@ def test_kill_9_mid_stream_then_restart_plans_every_request_exactly_once(
         assert 'icareus_bridge_events_total{action="' in metrics
         assert restarted.terminate() == 0, restarted.log_tail()  # SIGTERM: clean exit
     finally:
-        for p in (planner,):
+        for p in processes:  # whatever failed above, no planner outlives the test
             if p.proc is not None and p.proc.poll() is None:
                 p.kill9()
     counts = Counter(r.request_id for r in got)
