@@ -2,14 +2,42 @@
 with the current event schema, so that one schema gets straight-line Python that reads the
 binary body and builds the domain models directly (the schema has already typed every value).
 fastavro stays the reader for everything else (older writer versions, other records) and the
-reference this reader is tested against."""
+reference this reader is tested against.
+
+What keeps the generated code short per value: single-byte varints (every union branch, enum
+index, small number and string length under 64 bytes) are looked up in tables instead of
+decoded arithmetically, multi-byte ones go through one helper; records are built inline (no
+call per record). A string length that runs past the end of the data is not checked per
+string: the position only moves forward, so the read fails at the next value, or the final
+position is past the end (`read` checks)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 Reader = Callable[[bytes, int], tuple[Any, int]]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """Build a record as an instance of `cls` without calling it: `object.__new__(cls)`, its
+    `__dict__` set to the record's fields (a fresh dict, in schema order), then `attributes`
+    set with `object.__setattr__` (e.g. the bookkeeping slots of a pydantic model)."""
+
+    cls: type
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+Builder = Callable[[dict[str, Any]], Any] | Instance
+
+# Single-byte zigzag varints: the byte itself is the encoding (high bit clear).
+_ZIGZAG = tuple((b >> 1) ^ -(b & 1) for b in range(128))
+# String lengths: -1 marks a multi-byte varint (slow path); a negative length becomes one past
+# any data, so that the read fails (see the module doc).
+_PAST_END = 1 << 62
+_LENGTH = tuple((b >> 1 if not b & 1 else _PAST_END) if b < 128 else -1 for b in range(256))
 
 _PRELUDE = """
 def _long(data, pos):
@@ -23,19 +51,32 @@ def _long(data, pos):
         n |= (b & 0x7F) << shift
         shift += 7
     return (n >> 1) ^ -(n & 1), pos
+
+
+def _length(data, pos):
+    n, pos = _long(data, pos)
+    if n < 0:
+        raise EOFError('negative length')
+    return n, pos
 """
 
 
 class _Compiler:
     def __init__(
         self,
-        builders: Mapping[str, Callable[[dict[str, Any]], Any]],
+        builders: Mapping[str, Builder],
         enums: Mapping[str, Sequence[Any]],
         sequence: Callable[[list[Any]], Any],
     ) -> None:
         self.builders = builders
         self.enums = enums
-        self.env: dict[str, Any] = {"_seq": sequence}
+        self.env: dict[str, Any] = {
+            "_seq": sequence,
+            "_ZZ": _ZIGZAG,
+            "_LEN": _LENGTH,
+            "_new": object.__new__,
+            "_set": object.__setattr__,
+        }
         self.functions: list[str] = []
         self.records: dict[str, str] = {}  # full name -> function name
         self.named: dict[str, Any] = {}
@@ -45,6 +86,11 @@ class _Compiler:
     def tmp(self) -> str:
         self.counter += 1
         return f"t{self.counter}"
+
+    def constant(self, prefix: str, value: Any) -> str:
+        name = f"{prefix}{len(self.env)}"
+        self.env[name] = value
+        return name
 
     @staticmethod
     def full_name(schema: Mapping[str, Any], namespace: str) -> str:
@@ -58,7 +104,7 @@ class _Compiler:
         return [
             f"{ind}b = data[pos]",
             f"{ind}if b < 128:",
-            f"{ind}    {out} = (b >> 1) ^ -(b & 1)",
+            f"{ind}    {out} = _ZZ[b]",
             f"{ind}    pos += 1",
             f"{ind}else:",
             f"{ind}    {out}, pos = _long(data, pos)",
@@ -72,10 +118,12 @@ class _Compiler:
             if schema == "string":
                 n = self.tmp()
                 return [
-                    *self.long(n, ind),
+                    f"{ind}{n} = _LEN[data[pos]]",
+                    f"{ind}if {n} < 0:",
+                    f"{ind}    {n}, pos = _length(data, pos)",
+                    f"{ind}else:",
+                    f"{ind}    pos += 1",
                     f"{ind}end = pos + {n}",
-                    f"{ind}if {n} < 0 or end > size:",
-                    f"{ind}    raise EOFError('string runs past the end')",
                     f"{ind}{out} = data[pos:end].decode()",
                     f"{ind}pos = end",
                 ]
@@ -92,7 +140,7 @@ class _Compiler:
             lines = self.long(idx, ind)
             for k, branch in enumerate(schema):
                 lines.append(f"{ind}{'if' if k == 0 else 'elif'} {idx} == {k}:")
-                lines += self.value(branch, out, ind + "    ", namespace)
+                lines += self.value(branch, out, ind + "    ", namespace) or [f"{ind}    pass"]
             lines += [f"{ind}else:", f"{ind}    raise IndexError('union branch out of range')"]
             return lines
         t = schema["type"]
@@ -100,19 +148,26 @@ class _Compiler:
             full = self.full_name(schema, namespace)
             if full in self.inlining:  # a recursive type: call its own function
                 fn = self.record(schema, namespace)
-                return [f"{ind}{out}, pos = {fn}(data, pos, size)"]
+                return [f"{ind}{out}, pos = {fn}(data, pos)"]
             return self.inline_record(schema, full, out, ind)
         if t == "enum":
             full = self.full_name(schema, namespace)
             self.named[full] = schema
-            symbols_name = f"E{len(self.env)}"
-            self.env[symbols_name] = tuple(self.enums.get(full, schema["symbols"]))
+            values = tuple(self.enums.get(full, schema["symbols"]))
+            symbols = self.constant("E", values)
+            # byte -> value for the single-byte indexes; a missing key is an invalid index
+            by_byte = self.constant("EB", {k << 1: v for k, v in enumerate(values) if k < 64})
             idx = self.tmp()
             return [
-                *self.long(idx, ind),
-                f"{ind}if {idx} < 0:",
-                f"{ind}    raise IndexError('negative enum index')",
-                f"{ind}{out} = {symbols_name}[{idx}]",
+                f"{ind}b = data[pos]",
+                f"{ind}if b < 128:",
+                f"{ind}    {out} = {by_byte}[b]",
+                f"{ind}    pos += 1",
+                f"{ind}else:",
+                f"{ind}    {idx}, pos = _long(data, pos)",
+                f"{ind}    if {idx} < 0:",
+                f"{ind}        raise IndexError('negative enum index')",
+                f"{ind}    {out} = {symbols}[{idx}]",
             ]
         if t == "array":
             items, count, item = self.tmp(), self.tmp(), self.tmp()
@@ -134,10 +189,17 @@ class _Compiler:
             return self.value(t, out, ind, namespace)
         raise ValueError(f"unsupported Avro type {t!r}")
 
-    def builder(self, full: str) -> str:
-        name = f"B{len(self.env)}_{full.rsplit('.', 1)[-1]}"
-        self.env[name] = self.builders.get(full, dict)
-        return name
+    def build(self, full: str, out: str, fields: str, ind: str) -> list[str]:
+        how = self.builders.get(full, dict)
+        if not isinstance(how, Instance):
+            return [f"{ind}{out} = {self.constant('B', how)}({fields})"]
+        lines = [
+            f"{ind}{out} = _new({self.constant('C', how.cls)})",
+            f"{ind}_set({out}, '__dict__', {fields})",
+        ]
+        for name, value in how.attributes.items():
+            lines.append(f"{ind}_set({out}, {name!r}, {self.constant('A', value)})")
+        return lines
 
     def inline_record(self, schema: Mapping[str, Any], full: str, out: str, ind: str) -> list[str]:
         # Inline, not a call per record: no call and no (value, pos) tuple per array element.
@@ -151,8 +213,7 @@ class _Compiler:
             lines += self.value(f["type"], local, ind, ns)
             fields.append(f"{f['name']!r}: {local}")
         self.inlining.discard(full)
-        lines.append(f"{ind}{out} = {self.builder(full)}({{{', '.join(fields)}}})")
-        return lines
+        return lines + self.build(full, out, f"{{{', '.join(fields)}}}", ind)
 
     def record(self, schema: Mapping[str, Any], namespace: str) -> str:
         full = self.full_name(schema, namespace)
@@ -165,25 +226,25 @@ class _Compiler:
         body = self.inline_record(schema, full, "value", "    ")
         if was_inlining:
             self.inlining.add(full)
-        self.functions.append(
-            "\n".join([f"def {fn}(data, pos, size):", *body, "    return value, pos"])
-        )
+        self.functions.append("\n".join([f"def {fn}(data, pos):", *body, "    return value, pos"]))
         return fn
 
 
 def compile_reader(
     schema: Mapping[str, Any],
     *,
-    builders: Mapping[str, Callable[[dict[str, Any]], Any]] | None = None,
+    builders: Mapping[str, Builder] | None = None,
     enums: Mapping[str, Sequence[Any]] | None = None,
     sequence: Callable[[list[Any]], Any] = tuple,
 ) -> Reader:
     """A reader of binary Avro bodies written with exactly `schema` (no resolution).
 
-    `builders` maps a record's full name to what builds it from its fields (default: dict);
+    `builders` maps a record's full name to what builds it from its fields: a callable taking
+    the field dict, or an `Instance` (built inline, no call); default: the dict itself.
     `enums` maps an enum's full name to the values standing for its symbols (default: the
-    symbol strings); arrays become `sequence(list)`. The reader raises EOFError, IndexError or
-    UnicodeDecodeError on bytes that do not decode; the caller checks for trailing bytes."""
+    symbol strings); arrays become `sequence(list)`. The reader raises EOFError, IndexError,
+    KeyError or UnicodeDecodeError on bytes that do not decode; the caller checks for trailing
+    bytes."""
     c = _Compiler(builders or {}, enums or {}, sequence)
     top = c.record(schema, str(schema.get("namespace", "")))
     source = _PRELUDE + "\n\n" + "\n\n\n".join(c.functions) + "\n"
@@ -192,10 +253,12 @@ def compile_reader(
     record_reader = env[top]
 
     def read(data: bytes, pos: int) -> tuple[Any, int]:
-        result: tuple[Any, int] = record_reader(data, pos, len(data))
-        return result
+        value, end = record_reader(data, pos)
+        if end > len(data):
+            raise EOFError("a string runs past the end of the data")
+        return value, end
 
     return read
 
 
-__all__ = ["Reader", "compile_reader"]
+__all__ = ["Builder", "Instance", "Reader", "compile_reader"]

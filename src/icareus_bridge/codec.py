@@ -24,7 +24,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
-from icareus_bridge.avro_reader import Reader, compile_reader
+from icareus_bridge.avro_reader import Instance, Reader, compile_reader
 from icareus_bridge.avro_writer import UnsupportedSchema, Writer, compile_writer
 from icareus_bridge.core.model import (
     AccountState,
@@ -41,7 +41,7 @@ from icareus_bridge.core.model import (
     SubscriptionRecord,
     SubscriptionState,
     sorted_products,
-    trusted_builder,
+    trusted_attributes,
 )
 
 if TYPE_CHECKING:
@@ -220,7 +220,9 @@ def _event_models_reader(schema: SchemaVersion) -> Reader | None:
         return None
     return compile_reader(
         raw,
-        builders={ns + name: trusted_builder(model) for name, model in models.items()},
+        builders={
+            ns + name: Instance(model, trusted_attributes(model)) for name, model in models.items()
+        },
         enums=enum_values,
     )
 
@@ -409,7 +411,7 @@ class Codec:
         if reader is not None and start:
             try:
                 event, end = reader(data, start)
-            except (EOFError, IndexError, ValueError) as exc:
+            except (EOFError, IndexError, KeyError, ValueError) as exc:
                 raise DecodeError(
                     DecodeReason.MALFORMED, f"{EVENT}: body does not decode: {exc!r}"
                 ) from exc

@@ -327,15 +327,27 @@ _M = TypeVar("_M", bound=BaseModel)
 _set = object.__setattr__
 
 
+def trusted_attributes(cls: type[BaseModel]) -> dict[str, Any]:
+    """The bookkeeping attributes of a `cls` instance built without validation (besides its
+    `__dict__` of fields): every field counts as set, no extra fields, no private attributes.
+
+    The fields-set is one set shared by every instance built with it: frozen models never
+    change it in place (model_copy copies it before recording updated fields)."""
+    return {
+        "__pydantic_fields_set__": set(cls.model_fields),
+        "__pydantic_extra__": None,
+        "__pydantic_private__": None,
+    }
+
+
 def trusted_builder(cls: type[_M]) -> Callable[[dict[str, Any]], _M]:
     """A constructor of `cls` from a dict holding *every* field, already of the right type.
 
     What `model_construct` does, minus its per-field default and alias handling (which costs
     more than the rest of `plan`). Only for values the code itself produced or that an Avro
     schema already typed; everything arriving from outside goes through validation."""
-    # One fields-set shared by every instance built here: frozen models never change it in
-    # place (model_copy copies it before recording updated fields).
-    fields_set = set(cls.model_fields)
+    attributes = trusted_attributes(cls)
+    fields_set = attributes["__pydantic_fields_set__"]
     new = object.__new__
 
     def build(values: dict[str, Any]) -> _M:
