@@ -44,14 +44,18 @@ run: setup
 demo: setup
 	$(PY) tools/demo.py $(DEMO_ARGS)
 
-# Each benchmark in turn (output also in bench/out/<name>.txt); e2e_bench reads the HTTP
-# ceiling from icareus_bench's figures. Fails at the end if any of them failed.
+# Each benchmark in turn (output also in bench/out/<name>.txt), about 15 minutes; e2e_bench
+# reads the HTTP ceiling from icareus_bench's figures. Fails at the end if any of them failed.
 BENCHES := plan_bench icareus_bench planner_bench e2e_bench
 bench: setup
 	@mkdir -p bench/out; failed=""; \
 	for b in $(BENCHES); do \
 	  [ -f bench/$$b.py ] || continue; \
-	  args=""; [ $$b = e2e_bench ] && args="--icareus-figures bench/out/icareus_bench.txt $(BENCH_ARGS)"; \
+	  case $$b in \
+	    icareus_bench) args="--runs 3";; \
+	    e2e_bench) args="--icareus-figures bench/out/icareus_bench.txt $(BENCH_ARGS)";; \
+	    *) args="";; \
+	  esac; \
 	  echo "== $(PY) bench/$$b.py $$args"; \
 	  { $(PY) -u bench/$$b.py $$args; echo $$? > bench/out/$$b.rc; } 2>&1 | tee bench/out/$$b.txt; \
 	  [ "$$(cat bench/out/$$b.rc)" = 0 ] || failed="$$failed $$b"; \
