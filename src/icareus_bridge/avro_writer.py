@@ -94,7 +94,7 @@ class _Compiler:
                 item = self.tmp()
                 return [
                     f"{ind}if {expr}:",
-                    f"{ind}    _long(buf, len({expr}))",
+                    *self.long(f"len({expr})", ind + "    "),
                     f"{ind}    for {item} in {expr}:",
                     *self.emit(schema["items"], item, ind + "        ", ns),
                     f"{ind}buf.append(0)",
@@ -103,7 +103,7 @@ class _Compiler:
                 k, v = self.tmp(), self.tmp()
                 return [
                     f"{ind}if {expr}:",
-                    f"{ind}    _long(buf, len({expr}))",
+                    *self.long(f"len({expr})", ind + "    "),
                     f"{ind}    for {k}, {v} in {expr}.items():",
                     f"{ind}        _string(buf, {k})",
                     *self.emit(schema["values"], v, ind + "        ", ns),
@@ -119,15 +119,7 @@ class _Compiler:
         if schema == "boolean":
             return [f"{ind}buf.append(1 if {expr} else 0)"]
         if schema in ("int", "long"):
-            # Inline fast path: most numbers are small and non-negative (one byte).
-            n = self.tmp()
-            return [
-                f"{ind}{n} = {expr}",
-                f"{ind}if 0 <= {n} < 64:",
-                f"{ind}    buf.append({n} << 1)",
-                f"{ind}else:",
-                f"{ind}    _long(buf, {n})",
-            ]
+            return self.long(expr, ind)
         if schema == "string":
             b = self.tmp()
             return [
@@ -145,6 +137,21 @@ class _Compiler:
         if schema == "double":
             return [f"{ind}buf += _pack_d({expr})"]
         raise UnsupportedSchema(f"type {schema!r}")
+
+    def long(self, expr: str, ind: str) -> list[str]:
+        """Zig-zag varint, inline: one byte for 0..63 (most numbers), else the loop."""
+        n = self.tmp()
+        return [
+            f"{ind}{n} = {expr}",
+            f"{ind}if 0 <= {n} < 64:",
+            f"{ind}    buf.append({n} << 1)",
+            f"{ind}else:",
+            f"{ind}    {n} = ({n} << 1) ^ ({n} >> 63)",
+            f"{ind}    while {n} > 0x7F:",
+            f"{ind}        buf.append(({n} & 0x7F) | 0x80)",
+            f"{ind}        {n} >>= 7",
+            f"{ind}    buf.append({n})",
+        ]
 
     def union(self, branches: list[Any], expr: str, ind: str, ns: str) -> list[str]:
         if len(branches) != 2 or "null" not in branches:
