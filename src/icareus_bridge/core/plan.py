@@ -64,13 +64,15 @@ def account_key(subscription_number: str, distributor: str) -> str:
 _NAMESPACE_BYTES = REQUEST_ID_NAMESPACE.bytes
 
 
+# The variant bits of a uuid5: the first hex digit of the fourth group becomes 8, 9, a or b.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
 def _uuid5(name: str) -> str:
-    # uuid.uuid5(REQUEST_ID_NAMESPACE, name) without building UUID objects (hot path).
-    h = bytearray(sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
-    h[6] = (h[6] & 0x0F) | 0x50
-    h[8] = (h[8] & 0x3F) | 0x80
-    x = h.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    # str(uuid.uuid5(REQUEST_ID_NAMESPACE, name)) without building UUID objects (hot path): the
+    # SHA-1 hex digest with the version digit (5) and the variant bits set by hand.
+    x = sha1(_NAMESPACE_BYTES + name.encode()).hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
 def request_id(subscription_id: str, version: int, sequence: int) -> str:
@@ -102,6 +104,7 @@ class _ProviderView:
     goods: dict[str, str]
     max_accounts: int
     effective: bool
+    rank: dict[str, int]  # mapped Icareus product id -> its place in `sorted_products` order
 
 
 _VIEWS: dict[int, tuple[ProviderSettings, _ProviderView]] = {}
@@ -122,11 +125,29 @@ def _view(provider: ProviderSettings) -> _ProviderView:
         goods=dict(provider.physical_goods_mapping),
         max_accounts=provider.max_viewing_points,
         effective=provider.effective,
+        rank={
+            pid: k
+            for k, pid in enumerate(sorted_products(tuple(set(provider.service_mapping.values()))))
+        },
     )
     if len(_VIEWS) > 64:
         _VIEWS.clear()
     _VIEWS[id(provider)] = (provider, view)
     return view
+
+
+# Stands for "a distributor of another provider" in lookups of ProviderView.allowed.
+_OTHER: frozenset[str] = frozenset({"\0 other provider"})
+
+
+def _ordered(product_ids: set[str] | frozenset[str], view: _ProviderView) -> tuple[str, ...]:
+    """`sorted_products(product_ids)`, by the precomputed rank when every id is mapped."""
+    if len(product_ids) == 1:
+        return tuple(product_ids)
+    try:
+        return tuple(sorted(product_ids, key=view.rank.__getitem__))
+    except KeyError:  # an id no longer mapped (or observed in Icareus): compare the ids
+        return sorted_products(product_ids)
 
 
 # --- what a snapshot wants -------------------------------------------------------------------
@@ -208,19 +229,23 @@ class _Wants:
     def _collect(self, view: _ProviderView) -> None:
         sub = self.sub
         allowed_by = view.allowed
-        services = view.services
         order = self.order
+        problems = self.problems
         if sub.state in EFFECTIVE_SUBSCRIPTION_STATES:
+            effective = EFFECTIVE_SERVICE_STATES
+            services = view.services
             products = self.products
             for s in sub.services:
                 d = s.distributor
-                if d not in allowed_by or s.state not in EFFECTIVE_SERVICE_STATES:
+                if d is None or s.state not in effective:
                     continue
-                allowed = allowed_by[d]
+                allowed = allowed_by.get(d, _OTHER)
+                if allowed is _OTHER:
+                    continue
                 code = s.product_code
                 if allowed is not None and code not in allowed:
                     if self.service_touched(s):
-                        self.problems.append(
+                        problems.append(
                             (
                                 RejectionCode.PRODUCT_NOT_ALLOWED,
                                 RequestType.ACTIVATE_PRODUCTS,
@@ -232,7 +257,7 @@ class _Wants:
                 pid = services.get(code)
                 if pid is None:
                     if self.service_touched(s):
-                        self.problems.append(
+                        problems.append(
                             (
                                 RejectionCode.UNMAPPED_PRODUCT,
                                 RequestType.ACTIVATE_PRODUCTS,
@@ -242,10 +267,11 @@ class _Wants:
                         )
                     continue
                 order[d] = None
-                if d in products:
-                    products[d].add(pid)
-                else:
+                held = products.get(d)
+                if held is None:
                     products[d] = {pid}
+                else:
+                    held.add(pid)
         goods = view.goods
         devices = self.devices
         for i in sub.installed_items:
@@ -255,7 +281,7 @@ class _Wants:
             dtype = goods.get(i.physical_good_code)
             if dtype is None:
                 if self.item_touched(i):
-                    self.problems.append(
+                    problems.append(
                         (
                             RejectionCode.UNMAPPED_PHYSICAL_GOOD,
                             RequestType.ADD_DEVICE,
@@ -266,28 +292,40 @@ class _Wants:
                     )
                 continue
             order[d] = None
-            if d in devices:
-                devices[d][i.serial_number] = dtype
-            else:
+            held_devices = devices.get(d)
+            if held_devices is None:
                 devices[d] = {i.serial_number: dtype}
+            else:
+                held_devices[i.serial_number] = dtype
 
 
 # --- the plan --------------------------------------------------------------------------------
 
 
-@dataclass
-class _Draft:
-    """One request or rejection before it gets its place (sequence) in the plan."""
+# A request before it gets its place (sequence) in the plan:
+# (type, distributor, account key, user id, product ids, device id, device type).
+_Draft = tuple[RequestType, str, str, str | None, tuple[str, ...], str | None, str | None]
+# A rejection before it gets its place: a draft followed by (code, detail).
+_Rejected = tuple[
+    RequestType,
+    str,
+    str,
+    str | None,
+    tuple[str, ...],
+    str | None,
+    str | None,
+    RejectionCode,
+    str,
+]
 
-    type: RequestType
-    distributor: str
-    account_key: str
-    user_id: str | None = None
-    product_ids: tuple[str, ...] = ()
-    device_id: str | None = None
-    device_type: str | None = None
-    code: RejectionCode | None = None
-    detail: str = ""
+_ADD_USER = RequestType.ADD_USER
+_REMOVE_DEVICE = RequestType.REMOVE_DEVICE
+_ADD_DEVICE = RequestType.ADD_DEVICE
+_CANCEL_PRODUCTS = RequestType.CANCEL_PRODUCTS
+_ACTIVATE_PRODUCTS = RequestType.ACTIVATE_PRODUCTS
+_REMOVE_USER = RequestType.REMOVE_USER
+_NOTHING: frozenset[str] = frozenset()
+_NO_DEVICES: dict[str, str] = {}  # never mutated: only compared and copied
 
 
 def plan(
@@ -339,8 +377,14 @@ def plan(
     wants = _Wants(sub, None if is_reset else state.snapshot, view)
     known = state.accounts
     number = sub.number
-    phases: dict[RequestType, list[_Draft]] = {t: [] for t in _PHASES}
-    rejected: list[_Draft] = []
+    # The phases, in the order they run (see _PHASES).
+    add_users: list[_Draft] = []
+    remove_devices: list[_Draft] = []
+    add_devices: list[_Draft] = []
+    cancels: list[_Draft] = []
+    activates: list[_Draft] = []
+    remove_users: list[_Draft] = []
+    rejected: list[_Rejected] = []
     accounts: dict[str, AccountState] = {}
 
     # Viewing points: known accounts keep their slot (their users exist in Icareus until the
@@ -355,29 +399,35 @@ def plan(
             free -= 1
         elif wants.touched_products(d, view) or wants.touched_devices(d):
             rejected.append(
-                _Draft(
-                    RequestType.ADD_USER,
+                (
+                    _ADD_USER,
                     d,
                     account_key(number, d),
-                    code=RejectionCode.VIEWING_POINT_LIMIT,
-                    detail=f"{d} would be Icareus account {view.max_accounts + 1} or later; "
+                    None,
+                    (),
+                    None,
+                    None,
+                    RejectionCode.VIEWING_POINT_LIMIT,
+                    f"{d} would be Icareus account {view.max_accounts + 1} or later; "
                     f"at most {view.max_accounts} viewing points per subscription",
                 )
             )
     for code, rtype, d, detail in wants.problems:
-        rejected.append(_Draft(rtype, d, account_key(number, d), code=code, detail=detail))
+        rejected.append((rtype, d, account_key(number, d), None, (), None, None, code, detail))
 
     terminated = sub.state in TERMINATED_SUBSCRIPTION_STATES
+    wanted_products = wants.products
+    wanted_devices = wants.devices
     for d in order:
         acc = known.get(d)
-        key = acc.account_key if acc is not None else account_key(number, d)
-        target_products = wants.products.get(d, set())
-        target_devices = wants.devices.get(d, {})
         if terminated and (acc is None or not acc.registered):
             continue  # nothing in Icareus to remove; the account is forgotten with the rest
+        key = acc.account_key if acc is not None else f"{number}-{d}"
+        target_products: set[str] | frozenset[str] = wanted_products.get(d, _NOTHING)
+        target_devices = wanted_devices.get(d, _NO_DEVICES)
         if acc is None or (not acc.registered and not acc.registration_rejected):
             # Registered by this plan; its user id arrives later through feedback.
-            phases[RequestType.ADD_USER].append(_Draft(RequestType.ADD_USER, d, key))
+            add_users.append((_ADD_USER, d, key, None, (), None, None))
             acc = _account(
                 {
                     "distributor": d,
@@ -385,7 +435,7 @@ def plan(
                     "registered": True,
                     "registration_rejected": False,
                     "user_id": None,
-                    "products": frozenset(),
+                    "products": _NOTHING,
                     "devices": {},
                 }
             )
@@ -393,103 +443,85 @@ def plan(
             # Its ADD_USER was refused: nothing can be sent until a reset registers it again.
             accounts[d] = acc
             touched_p = wants.touched_products(d, view) - acc.products
+            not_registered = f"account {key} is not registered in Icareus"
             if touched_p:
                 rejected.append(
-                    _Draft(
-                        RequestType.ACTIVATE_PRODUCTS,
+                    (
+                        _ACTIVATE_PRODUCTS,
                         d,
                         key,
-                        product_ids=sorted_products(touched_p),
-                        code=RejectionCode.ACCOUNT_NOT_REGISTERED,
-                        detail=f"account {key} is not registered in Icareus",
+                        None,
+                        _ordered(touched_p, view),
+                        None,
+                        None,
+                        RejectionCode.ACCOUNT_NOT_REGISTERED,
+                        not_registered,
                     )
                 )
             for serial in sorted(wants.touched_devices(d)):
                 rejected.append(
-                    _Draft(
-                        RequestType.ADD_DEVICE,
+                    (
+                        _ADD_DEVICE,
                         d,
                         key,
-                        device_id=serial,
-                        device_type=target_devices[serial],
-                        code=RejectionCode.ACCOUNT_NOT_REGISTERED,
-                        detail=f"account {key} is not registered in Icareus",
+                        None,
+                        (),
+                        serial,
+                        target_devices[serial],
+                        RejectionCode.ACCOUNT_NOT_REGISTERED,
+                        not_registered,
                     )
                 )
             continue
 
         uid = acc.user_id
         have_devices = acc.devices
-        for serial in sorted(have_devices):
-            if target_devices.get(serial) != have_devices[serial]:
-                phases[RequestType.REMOVE_DEVICE].append(
-                    _Draft(
-                        RequestType.REMOVE_DEVICE,
-                        d,
-                        key,
-                        user_id=uid,
-                        device_id=serial,
-                        device_type=have_devices[serial],
+        same_devices = have_devices == target_devices
+        if not same_devices:
+            for serial in sorted(have_devices):
+                if target_devices.get(serial) != have_devices[serial]:
+                    remove_devices.append(
+                        (_REMOVE_DEVICE, d, key, uid, (), serial, have_devices[serial])
                     )
-                )
-        for serial in sorted(target_devices):
-            if have_devices.get(serial) != target_devices[serial]:
-                phases[RequestType.ADD_DEVICE].append(
-                    _Draft(
-                        RequestType.ADD_DEVICE,
-                        d,
-                        key,
-                        user_id=uid,
-                        device_id=serial,
-                        device_type=target_devices[serial],
+            for serial in sorted(target_devices):
+                if have_devices.get(serial) != target_devices[serial]:
+                    add_devices.append(
+                        (_ADD_DEVICE, d, key, uid, (), serial, target_devices[serial])
                     )
+        have_products = acc.products
+        same_products = have_products == target_products
+        if not same_products:
+            cancel = have_products - target_products
+            if cancel:
+                cancels.append((_CANCEL_PRODUCTS, d, key, uid, _ordered(cancel, view), None, None))
+            activate = target_products - have_products
+            if activate:
+                activates.append(
+                    (_ACTIVATE_PRODUCTS, d, key, uid, _ordered(activate, view), None, None)
                 )
-        cancel = acc.products - target_products
-        if cancel:
-            phases[RequestType.CANCEL_PRODUCTS].append(
-                _Draft(
-                    RequestType.CANCEL_PRODUCTS,
-                    d,
-                    key,
-                    user_id=uid,
-                    product_ids=sorted_products(cancel),
-                )
-            )
-        activate = target_products - acc.products
-        if activate:
-            phases[RequestType.ACTIVATE_PRODUCTS].append(
-                _Draft(
-                    RequestType.ACTIVATE_PRODUCTS,
-                    d,
-                    key,
-                    user_id=uid,
-                    product_ids=sorted_products(activate),
-                )
-            )
         if terminated:
             # Termination removes the user, after its products and devices (order above).
-            phases[RequestType.REMOVE_USER].append(
-                _Draft(RequestType.REMOVE_USER, d, key, user_id=uid)
-            )
+            remove_users.append((_REMOVE_USER, d, key, uid, (), None, None))
             continue
-        if cancel or activate or have_devices != target_devices:
+        if not (same_products and same_devices):
             acc = _account(
                 {
                     **acc.__dict__,
-                    "products": frozenset(target_products),
-                    "devices": dict(target_devices),
+                    "products": have_products if same_products else frozenset(target_products),
+                    "devices": have_devices if same_devices else dict(target_devices),
                 }
             )
         accounts[d] = acc
 
-    drafts = [r for t in _PHASES for r in phases[t]]
+    drafts = add_users + remove_devices + add_devices + cancels + activates + remove_users
     if not view.effective:
         # Nothing is sent; the accounts stay as they were so that the whole difference is
         # planned again once the provider is effective.
-        for r in drafts:
-            r.code = RejectionCode.PROVIDER_NOT_EFFECTIVE
-            r.detail = "the Icareus provisioning provider is not effective"
-        rejected = drafts + rejected
+        off = (
+            RejectionCode.PROVIDER_NOT_EFFECTIVE,
+            "the Icareus provisioning provider is not effective",
+        )
+        rejected = [r + off for r in drafts] + rejected
         drafts = []
         accounts = dict(known)
 
@@ -511,84 +543,85 @@ def plan(
 
 
 def _place(
-    drafts: list[_Draft], rejected: list[_Draft], event: LifecycleEvent, is_reset: bool
+    drafts: list[_Draft], rejected: list[_Rejected], event: LifecycleEvent, is_reset: bool
 ) -> tuple[tuple[ProvisioningRequest, ...], tuple[Rejection, ...]]:
     """Give requests, then rejections, their sequence (1-based), id and number."""
+    if not drafts and not rejected:
+        return (), ()
     sub = event.subscription
     sid, version, number = sub.id, sub.version, sub.number
     event_id, code, at = event.event_id, event.action.code, event.occurred_at
+    id_prefix = f"{sid}:{version}:"
+    number_prefix = f"{number}-{version}-"
     profile: SubscriberProfile | None = None
 
-    def rid(seq: int, d: _Draft) -> str:
-        if not is_reset:
-            return request_id(sid, version, seq)
+    def reset_id(seq: int, d: _Draft | _Rejected) -> str:
         # A reset may be planned again at the same version (and even for the same event) from
         # a different observed state; its ids also carry the event and the request's content so
         # that an Idempotency-Key never stands for two different calls.
-        seed = (
-            f"{sid}:{version}:{event_id}:{seq}:{d.type}:{d.distributor}:"
-            f"{','.join(d.product_ids)}:{d.device_id}:{d.device_type}"
-        )
-        return _uuid5(seed)
+        return _uuid5(f"{id_prefix}{event_id}:{seq}:{d[0]}:{d[1]}:{','.join(d[4])}:{d[5]}:{d[6]}")
 
     requests = []
     seq = 0
     for d in drafts:
         seq += 1
-        if d.type is RequestType.ADD_USER and profile is None:
-            s = sub.subscriber
-            profile = _profile(
-                {
-                    "first_name": s.first_name,
-                    "last_name": s.last_name,
-                    "email": s.email,
-                    "phone": s.phone,
-                    "country_code": s.country_code,
-                    "postal_code": s.postal_code,
-                    "city": s.city,
-                }
-            )
+        rtype = d[0]
+        request_profile = None
+        if rtype is _ADD_USER:
+            if profile is None:
+                s = sub.subscriber
+                profile = _profile(
+                    {
+                        "first_name": s.first_name,
+                        "last_name": s.last_name,
+                        "email": s.email,
+                        "phone": s.phone,
+                        "country_code": s.country_code,
+                        "postal_code": s.postal_code,
+                        "city": s.city,
+                    }
+                )
+            request_profile = profile
         requests.append(
             _request(
                 {
-                    "request_id": rid(seq, d),
-                    "number": request_number(number, version, seq),
-                    "type": d.type,
+                    "request_id": reset_id(seq, d) if is_reset else _uuid5(f"{id_prefix}{seq}"),
+                    "number": f"{number_prefix}{seq:02d}",
+                    "type": rtype,
                     "subscription_id": sid,
                     "subscription_number": number,
-                    "distributor": d.distributor,
-                    "account_key": d.account_key,
+                    "distributor": d[1],
+                    "account_key": d[2],
                     "event_id": event_id,
                     "action_code": code,
                     "sequence": seq,
                     "created_at": at,
-                    "user_id": d.user_id,
-                    "product_ids": d.product_ids,
-                    "device_id": d.device_id,
-                    "device_type": d.device_type,
-                    "profile": profile if d.type is RequestType.ADD_USER else None,
+                    "user_id": d[3],
+                    "product_ids": d[4],
+                    "device_id": d[5],
+                    "device_type": d[6],
+                    "profile": request_profile,
                 }
             )
         )
     rejections = []
-    for d in rejected:
+    for r in rejected:
         seq += 1
-        assert d.code is not None
         rejections.append(
             _rejection(
                 {
-                    "request_id": rid(seq, d),
-                    "number": request_number(number, version, seq),
-                    "type": d.type,
-                    "code": d.code,
-                    "distributor": d.distributor,
-                    "account_key": d.account_key,
-                    "detail": d.detail,
+                    "request_id": reset_id(seq, r) if is_reset else _uuid5(f"{id_prefix}{seq}"),
+                    "number": f"{number_prefix}{seq:02d}",
+                    "type": r[0],
+                    "code": r[7],
+                    "distributor": r[1],
+                    "account_key": r[2],
+                    "detail": r[8],
                     "sequence": seq,
-                    "user_id": d.user_id,
-                    "product_ids": d.product_ids,
-                    "device_id": d.device_id,
-                    "device_type": d.device_type,
+                    "user_id": r[3],
+                    "product_ids": r[4],
+                    "device_id": r[5],
+                    "device_type": r[6],
                 }
             )
         )
