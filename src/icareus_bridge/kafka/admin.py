@@ -16,6 +16,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from icareus_bridge.config import KafkaSettings, TopicSettings
+from icareus_bridge.kafka.clients import base_config
 
 
 class StartupError(Exception):
@@ -33,7 +34,7 @@ class TopicReport:
 
 
 def _admin(kafka: KafkaSettings) -> AdminClient:
-    return AdminClient(kafka.client_config())
+    return AdminClient(base_config(kafka))
 
 
 def _topic_partitions(admin: AdminClient, timeout: float) -> dict[str, int]:

@@ -212,6 +212,7 @@ class Checkpoint:
                     offsets, self.consumer.consumer_group_metadata(), self.commit_timeout
                 )
             self._commit_transaction()  # 4
+            self.producer.poll(0)  # serve the producer's queued events (client logs, errors)
         except KafkaException as exc:
             self._fail(exc)
         stats = CommitStats(

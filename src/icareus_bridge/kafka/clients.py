@@ -6,6 +6,7 @@ same partition number whichever client produced it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -14,6 +15,17 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from icareus_bridge.config import KafkaSettings
 
 ErrorCallback = Callable[[Any], None]
+
+# librdkafka's own log lines go to this stdlib logger (and from there into the JSON stream)
+# instead of raw lines on stderr; they are served by the clients' poll/consume calls.
+LIBRDKAFKA_LOGGER = logging.getLogger("icareus_bridge.kafka.librdkafka")
+
+
+def base_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """`KafkaSettings.client_config()` plus the log routing every client of the bridge uses."""
+    conf = kafka.client_config()
+    conf.setdefault("logger", LIBRDKAFKA_LOGGER)
+    return conf
 
 
 class PartitionLag(NamedTuple):
@@ -37,7 +49,7 @@ def consumer(
 
     Assignment is `range`: for topics with equal partition counts subscribed together, each
     member receives the same partition numbers of every topic (co-partitioning)."""
-    conf: dict[str, Any] = kafka.client_config()
+    conf: dict[str, Any] = base_config(kafka)
     conf.update(
         {
             "group.id": group_id,
@@ -62,7 +74,7 @@ def assign_only_consumer(
 ) -> Consumer:
     """A consumer for `assign()` reads (changelog restore, tools): no group membership,
     no offset commits, end-of-partition events on."""
-    conf: dict[str, Any] = kafka.client_config()
+    conf: dict[str, Any] = base_config(kafka)
     conf.update(
         {
             # librdkafka wants a group id even for assign(); it is never joined or committed.
@@ -85,7 +97,7 @@ def assign_only_consumer(
 
 
 def _producer_conf(kafka: KafkaSettings) -> dict[str, Any]:
-    conf: dict[str, Any] = kafka.client_config()
+    conf: dict[str, Any] = base_config(kafka)
     conf.update(
         {
             "partitioner": "murmur2_random",

@@ -109,7 +109,28 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | N
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=level_no, stream=out, format="%(message)s")
+    # Records of the standard library (librdkafka through confluent-kafka's `logger` setting,
+    # uvicorn, httpx) go through the same processors: one JSON stream, redacted alike.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redaction_processor,
+                renderer,
+            ],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level_no)
 
 
 def get_logger(name: str) -> Any:
