@@ -208,6 +208,25 @@ def run_once(codec: Codec, encoded: list[bytes], provider: ProviderSettings) -> 
     return len(encoded) / wall, len(encoded) / cpu
 
 
+def split(codec: Codec, encoded: list[bytes], provider: ProviderSettings) -> tuple[float, float]:
+    """CPU microseconds per event of decode_event alone (events dropped as decoded) and of
+    plan alone (on events decoded beforehand, state kept per subscription as in run_once)."""
+    decode = codec.decode_event
+    cpu = time.process_time()
+    for data in encoded:
+        decode(data)
+    decode_us = (time.process_time() - cpu) / len(encoded) * 1e6
+    events = [decode(data) for data in encoded]
+    states: dict[str, SubscriptionRecord] = {}
+    get = states.get
+    cpu = time.process_time()
+    for event in events:
+        sid = event.subscription.id
+        states[sid] = plan(get(sid), event, provider).state
+    plan_us = (time.process_time() - cpu) / len(encoded) * 1e6
+    return decode_us, plan_us
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -220,7 +239,13 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cpu, Python {platform.python_version()}, 1 core pinned"
 
 
-def record(name: str, command: str, cpu_runs: list[float], wall_runs: list[float]) -> None:
+def record(
+    name: str,
+    command: str,
+    cpu_runs: list[float],
+    wall_runs: list[float],
+    splits: list[tuple[float, float]],
+) -> None:
     """Insert or replace this benchmark's row in docs/BENCHMARKS.md."""
     header = (
         "# Benchmarks\n\nMeasured figures, one row per benchmark, rewritten by the benchmark "
@@ -234,13 +259,23 @@ def record(name: str, command: str, cpu_runs: list[float], wall_runs: list[float
         f"| {name} | `{command}` | {machine()} | {median:,.0f} events/CPU-s | "
         f"≥ {TARGET:,.0f} events/s | {median / TARGET:.2f}× target; median of {len(cpu_runs)} "
         f"runs per CPU second (runs: {', '.join(f'{r:,.0f}' for r in cpu_runs)}); "
+        f"per event {statistics.median(d for d, _ in splits):.0f} µs decode + "
+        f"{statistics.median(p for _, p in splits):.0f} µs plan (medians, timed apart); "
         f"wall clock median {statistics.median(wall_runs):,.0f} events/s on the shared machine "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.1f}) |"
     )
-    lines = [ln for ln in text.splitlines() if not ln.startswith(f"| {name} |")]
-    # The row goes at the end of the table; notes below the table stay where they are.
-    last_row = max((i for i, ln in enumerate(lines) if ln.startswith("|")), default=len(lines) - 1)
-    lines.insert(last_row + 1, row)
+    lines = text.splitlines()
+    mine = [i for i, ln in enumerate(lines) if ln.startswith(f"| {name} |")]
+    if mine:  # replaced where it stands
+        lines[mine[0]] = row
+        for i in reversed(mine[1:]):
+            del lines[i]
+    else:  # at the end of the first table; notes and anything below it stay where they are
+        first = next((i for i, ln in enumerate(lines) if ln.startswith("|")), len(lines))
+        end = first
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        lines.insert(end, row)
     BENCHMARKS_MD.parent.mkdir(parents=True, exist_ok=True)
     BENCHMARKS_MD.write_text("\n".join(lines) + "\n")
 
@@ -281,6 +316,7 @@ def main() -> int:
             gc.set_threshold(*default_threshold)
         run_once(codec, encoded[: len(encoded) // 10], provider)  # warm-up
         results = [run_once(codec, encoded, provider) for _ in range(args.runs)]
+        splits = [split(codec, encoded, provider) for _ in range(args.runs)]
         wall_runs = [w for w, _ in results]
         cpu_runs = [c for _, c in results]
         name = NAME if mode == "default" else f"{NAME} (tuned gc)"
@@ -288,11 +324,13 @@ def main() -> int:
             f"{name}: median {statistics.median(cpu_runs):,.0f} events per CPU second "
             f"(min {min(cpu_runs):,.0f}, max {max(cpu_runs):,.0f}); wall clock median "
             f"{statistics.median(wall_runs):,.0f} events/s; {args.runs} runs; "
+            f"decode {statistics.median(d for d, _ in splits):.1f} µs + plan "
+            f"{statistics.median(p for _, p in splits):.1f} µs per event; "
             f"target {TARGET:,.0f}; load {os.getloadavg()[0]:.1f}"
         )
         if not args.no_record:
             command = f"python bench/plan_bench.py --events {args.events} --runs {args.runs}"
-            record(name, command, cpu_runs, wall_runs)
+            record(name, command, cpu_runs, wall_runs, splits)
     return 0
 
 
