@@ -98,9 +98,9 @@ def item(offset: int, req: ProvisioningRequest, replayed: bool = False) -> WorkI
 def run(d: Dispatcher, work: WorkItem) -> list[Any]:
     """Run one item through the dispatcher; the records it buffered for the next commit."""
     d.offsets.register(PARTITION, work.record.offset)
-    before = len(d._pending)
+    before = len(d._pending.get(PARTITION, []))
     asyncio.run(d._handle(work))
-    return d._pending[before:]
+    return d._pending.get(PARTITION, [])[before:]
 
 
 def headers_of(record: Any) -> dict[str, str]:

@@ -9,7 +9,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from icareus_bridge.config import KafkaSettings
 from icareus_bridge.kafka.checkpoint import Checkpoint, OutboundRecord
@@ -115,6 +122,11 @@ class RequestsConsumer:
                 f"topic {self.topic}: committed offsets unreadable: {exc}"
             ) from exc
         return out
+
+    def seek(self, partition: int, offset: int | None) -> None:
+        """Read `partition` again from `offset` (None: from its beginning)."""
+        target = OFFSET_BEGINNING if offset is None or offset < 0 else offset
+        self.raw.seek(TopicPartition(self.topic, partition, target))
 
     def pause(self, partitions: Iterable[int]) -> None:
         tps = [TopicPartition(self.topic, p) for p in partitions]

@@ -36,7 +36,7 @@ from icareus_bridge.core.plan import account_key, plan
 from icareus_bridge.icareus.client import CallResult, IcareusClient
 from icareus_bridge.icareus.errors import IcareusError, PermanentIcareusError
 from icareus_bridge.kafka.changelog import read_to_end
-from icareus_bridge.kafka.checkpoint import OutboundRecord
+from icareus_bridge.kafka.checkpoint import OutboundRecord, TransactionAborted
 from icareus_bridge.kafka.clients import transactional_id
 from icareus_bridge.kafka.dispatch import ConsumedRecord, DispatchTransactions, RequestsConsumer
 from icareus_bridge.observability.http import Readiness
@@ -73,6 +73,8 @@ IDLE_SLEEP_SECONDS = (0.002, 0.05)
 MAX_SPAN = 10_000
 # Part of the shutdown grace kept for the last commit and leaving the group.
 SHUTDOWN_RESERVE_SECONDS = 3.0
+# How long a new assignment waits for a commit still in flight.
+COMMIT_SETTLE_SECONDS = 60.0
 
 # dlq.reason codes of stage dispatch
 REASON_RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
@@ -166,7 +168,9 @@ class Dispatcher:
         self.accounts = AccountOutcomes()
         self._generations: dict[int, int] = {}
         self._generation = 0
-        self._pending: list[OutboundRecord] = []
+        self._pending: dict[int, list[OutboundRecord]] = {}  # per partition, for the next commit
+        self._commit_task: asyncio.Task[None] | None = None
+        self._commit_future: concurrent.futures.Future[None] | None = None
         self._last_commit: dict[int, tuple[int, str]] = {}
         self._paused = False
         self._failure: BaseException | None = None
@@ -253,8 +257,10 @@ class Dispatcher:
                 self._accept(record)
             self._apply_back_pressure()
             now = time.monotonic()
-            if now >= next_commit:
-                await self._commit()
+            # Commits run beside the loop: polling goes on meanwhile, so a rebalance that a
+            # commit waits for can complete.
+            if now >= next_commit and (self._commit_task is None or self._commit_task.done()):
+                self._commit_task = asyncio.create_task(self._commit(), name="dispatcher-commit")
                 next_commit = now + interval
             if records:
                 idle = IDLE_SLEEP_SECONDS[0]
@@ -278,13 +284,17 @@ class Dispatcher:
             self.log.warning("shutdown grace ran out; interrupting calls", in_flight=running)
             self.scheduler.cancel_running()
             await self.scheduler.wait_running()
+        if self._commit_task is not None:
+            await self._commit_task
         await self._commit()
+        if self._failure is not None:
+            raise self._failure
         self.log.info("dispatcher drained", finished_in_flight=running)
 
     def _close(self) -> None:
         if self._consumer is not None:
             try:
-                self._consumer.close()  # runs the revoke callback: commits what is left
+                self._consumer.close()  # runs the revoke callback (nothing is left to commit)
             except Exception as exc:
                 self.log.warning("consumer close failed", error=str(exc))
             self._consumer = None
@@ -296,6 +306,16 @@ class Dispatcher:
     # --- rebalance (run inside poll(), on the loop's thread) -------------------------------
 
     def _on_assign(self, partitions: list[int]) -> None:
+        # A commit still in flight may hold offsets of these partitions (given back to us by
+        # an eager rebalance): let it settle first, so the committed offsets are final.
+        future = self._commit_future
+        if future is not None and not future.done():
+            concurrent.futures.wait([future], timeout=COMMIT_SETTLE_SECONDS)
+        self._assign(partitions)
+
+    def _assign(self, partitions: list[int], *, seek: bool = False) -> None:
+        """Take partitions on from their committed offsets (and the finished offsets beyond,
+        from the commit metadata) and restore their parked keys; `seek` reads them again."""
         assert self._consumer is not None
         self.readiness.set(READINESS_CHECK, False, f"restoring {len(partitions)} partitions")
         committed = self._consumer.committed(partitions)
@@ -307,6 +327,8 @@ class Dispatcher:
             self.offsets.assign(p, done)
             if offset >= 0:
                 self._last_commit[p] = (offset, metadata)
+            if seek:
+                self._consumer.seek(p, offset)
         started = time.monotonic()
         read_to_end(
             self.settings.kafka,
@@ -330,19 +352,32 @@ class Dispatcher:
             self.parked.restore([(key, value)])
 
     def _on_revoke(self, partitions: list[int]) -> None:
-        self._commit_now()
+        # Nothing is committed here: a transaction's offset commit can wait for the very
+        # rebalance that is waiting for this callback. What these partitions finished since the
+        # last commit is dropped; their next owner runs it again (Idempotency-Key: no second
+        # effect). A commit already in flight either lands before the new generation or is
+        # fenced by it (aborted: nothing of it becomes visible).
         self._forget(partitions)
         self.log.info("partitions revoked", partitions=partitions)
 
     def _on_lost(self, partitions: list[int]) -> None:
-        # Another member may own them already: nothing of theirs may be committed by us. The
-        # buffered work is not split by partition, so start over from the committed offsets.
         self._forget(partitions)
-        self._failure = RuntimeError(f"partitions {partitions} lost; restarting the dispatcher")
+        self.log.warning("partitions lost", partitions=partitions)
+
+    def _rewind(self, partitions: list[int]) -> None:
+        """After an aborted transaction: read these partitions again from what is committed."""
+        if not partitions:
+            return
+        self.log.warning(
+            "reading partitions again from their committed offsets", partitions=partitions
+        )
+        self._forget(partitions)
+        self._assign(partitions, seek=True)
 
     def _forget(self, partitions: list[int]) -> None:
         gone = set(partitions)
         for p in gone:
+            self._pending.pop(p, None)
             self.offsets.revoke(p)
             self.parked.drop_partition(p)
             self._generations.pop(p, None)
@@ -637,7 +672,7 @@ class Dispatcher:
             stage, _, reason = finished.dead_letter_reason.partition(":")
             self.metrics.dead_letters.labels(stage, reason).inc()
         self.metrics.parked_keys.set(len(self.parked))
-        self._pending.extend(records)
+        self._pending.setdefault(partition, []).extend(records)
         self.offsets.mark_done(partition, item.record.offset)
 
     def _count_result(self, result: ProvisioningResult) -> None:
@@ -674,46 +709,65 @@ class Dispatcher:
 
     # --- committing ----------------------------------------------------------------------
 
-    def _take_batch(self) -> tuple[list[OutboundRecord], dict[int, tuple[int, str]]]:
-        records, self._pending = self._pending, []
+    def _take_batch(self) -> _Batch:
+        records = [r for p in sorted(self._pending) for r in self._pending[p]]
+        touched = set(self._pending)
+        self._pending = {}
         points = self.offsets.commit_points()
         changed = {p: v for p, v in points.items() if self._last_commit.get(p) != v}
-        return records, changed
+        generations = {
+            p: self._generations[p] for p in touched | set(changed) if p in self._generations
+        }
+        return _Batch(records, changed, generations)
 
-    def _committed(self, records: int, offsets: dict[int, tuple[int, str]], seconds: float) -> None:
-        self._last_commit.update(offsets)
+    async def _commit(self) -> None:
+        """Results, dead letters and markers of finished requests, with their offsets, in one
+        transaction. Aborted: the partitions it covered are read again from what is committed.
+        Fatal (a newer instance fenced this one): the dispatcher stops."""
+        batch = self._take_batch()
+        if not batch.records and not batch.offsets:
+            return
+        assert self._tx is not None
+        started = time.monotonic()
+        future = self._committer.submit(self._tx.commit, batch.records, batch.offsets)
+        self._commit_future = future
+        try:
+            await asyncio.wrap_future(future)
+        except TransactionAborted as exc:
+            self.metrics.transactions.labels(ROLE, "aborted").inc()
+            self.log.warning("transaction aborted", error=str(exc))
+            still_ours = [p for p, g in batch.generations.items() if self._generations.get(p) == g]
+            self._rewind(still_ours)
+            return
+        except Exception as exc:
+            self.metrics.transactions.labels(ROLE, "fatal").inc()
+            self.log.error("transaction failed", error=repr(exc))
+            self._failure = exc
+            return
+        self._committed(batch, time.monotonic() - started)
+
+    def _committed(self, batch: _Batch, seconds: float) -> None:
         self.metrics.transactions.labels(ROLE, "committed").inc()
         self.metrics.transaction_seconds.labels(ROLE).observe(seconds)
-        self.metrics.transaction_events.labels(ROLE).observe(records)
+        self.metrics.transaction_events.labels(ROLE).observe(len(batch.records))
         assert self._consumer is not None
-        for p, (offset, _) in offsets.items():
+        for p, (offset, metadata) in batch.offsets.items():
+            if self._generations.get(p) != batch.generations.get(p):
+                continue  # changed hands meanwhile
+            self._last_commit[p] = (offset, metadata)
             lag = self._consumer.lag(p, offset)
             if lag is not None:
                 self.metrics.set_consumer_lag(self.group, self.topics.requests, p, lag)
 
-    async def _commit(self) -> None:
-        """Results, dead letters and markers of finished requests, with their offsets."""
-        records, offsets = self._take_batch()
-        if not records and not offsets:
-            return
-        assert self._tx is not None
-        started = time.monotonic()
-        try:
-            await asyncio.wrap_future(self._committer.submit(self._tx.commit, records, offsets))
-        except Exception:
-            self.metrics.transactions.labels(ROLE, "aborted").inc()
-            raise
-        self._committed(len(records), offsets, time.monotonic() - started)
 
-    def _commit_now(self) -> None:
-        """The same, blocking: inside a rebalance callback, before partitions change hands."""
-        records, offsets = self._take_batch()
-        if not records and not offsets:
-            return
-        assert self._tx is not None
-        started = time.monotonic()
-        self._committer.submit(self._tx.commit, records, offsets).result()
-        self._committed(len(records), offsets, time.monotonic() - started)
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One transaction's worth: the records to produce, the commit point per partition, and
+    the assignment generation of each partition it covers."""
+
+    records: list[OutboundRecord]
+    offsets: dict[int, tuple[int, str]]
+    generations: dict[int, int]
 
 
 def _reset_order(sub: Subscription, configured: list[str]) -> list[str]:
