@@ -115,13 +115,18 @@ class Rig:
     def topics(self) -> Any:
         return self.settings.topics
 
-    def start(self) -> Readiness:
+    def start(self, instance: str | None = None) -> Readiness:
+        """A dispatcher in a thread; another `instance` id joins the same group beside it."""
         stop = threading.Event()
         readiness = Readiness()
+        settings = self.settings
+        if instance is not None:
+            dispatcher = settings.dispatcher.model_copy(update={"instance_id": instance})
+            settings = settings.model_copy(update={"dispatcher": dispatcher})
 
         def target() -> None:
             try:
-                run_dispatcher(self.settings, Metrics(), readiness, stop)
+                run_dispatcher(settings, Metrics(), readiness, stop)
             except BaseException as exc:
                 self.errors.append(exc)
 
@@ -182,6 +187,15 @@ class TopicReader:
         deadline = time.monotonic() + timeout
         while not done(self.records):
             assert time.monotonic() < deadline, f"gave up waiting; have {len(self.records)}"
+            for msg in self.consumer.consume(num_messages=100, timeout=0.2):
+                if msg.error() is None:
+                    self.records.append(msg)
+        return self.records
+
+    def poll(self, seconds: float) -> list[Any]:
+        """Keep reading for `seconds` (to see that nothing more arrives)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
             for msg in self.consumer.consume(num_messages=100, timeout=0.2):
                 if msg.error() is None:
                     self.records.append(msg)
@@ -413,4 +427,35 @@ def test_reset_reads_icareus_and_applies_the_difference(rig: Rig) -> None:
     after = rig.users()["N-sub-e-VP1"]
     assert after["products"] == ["1001"]
     assert [d["deviceId"] for d in after["devices"]] == ["SN-5"]
+    results.close()
+
+
+def test_a_second_dispatcher_joining_mid_stream_takes_over_partitions_without_double_results(
+    rig: Rig,
+) -> None:
+    rig.admin.set_faults(latency_ms=300)
+    planned: list[ProvisioningRequest] = []
+    for i in range(40):
+        sub = subscription(f"sub-r{i}", 1, services=[tv("BASIC-TV", "VP1"), tv("SPORTS", "VP2")])
+        planned += rig.crm(event("BECOME_SUBSCRIBER", sub))
+    rig.start()
+    results = TopicReader(rig.settings.kafka.bootstrap_servers, rig.topics.results)
+    results.until(lambda rs: len(rs) >= 10)
+    second = rig.start(instance="second")
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not second.ready:  # the group has rebalanced: it holds a partition of its own
+        assert time.monotonic() < deadline, second.snapshot()
+        time.sleep(0.05)
+    handed_over_at = len(results.records)
+    results.until(lambda rs: len(rs) >= len(planned))
+    got = results_of(results.poll(1.0))
+    rig.stop()
+
+    assert handed_over_at < len(planned), "the stream was over before the second one joined"
+
+    assert sorted(r.request_id for r in got) == sorted(r.request_id for r in planned)
+    by_sub: dict[str, list[int]] = {}
+    for r in got:
+        by_sub.setdefault(r.subscription_id, []).append(r.sequence)
+    assert all(seqs == sorted(seqs) for seqs in by_sub.values()), "results out of order"
     results.close()
