@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
-from icareus_bridge.codec import EVENT, REQUEST, Codec, DecodeError, DecodeReason, validate_event
+from icareus_bridge.codec import Codec, DecodeError, DecodeReason
 from icareus_bridge.config import Settings
 from icareus_bridge.core.feedback import observed_state, rejection_result
 from icareus_bridge.core.model import (
     AccountState,
+    ActionCode,
     LifecycleEvent,
     ProvisioningRequest,
     ProvisioningResult,
@@ -406,19 +407,23 @@ class Dispatcher:
             item.error = DecodeError(DecodeReason.NOT_AVRO, "record has no value")
             return key, item
         try:
-            name, obj = self.codec.decode(record.value)
-            if name == REQUEST:
-                item.request = self.codec.decode_request(record.value)
-                item.subscription_id = item.request.subscription_id
-            elif name == EVENT:
-                item.reset = validate_event(obj)
-                item.subscription_id = item.reset.subscription.id
+            item.request = self.codec.decode_request(record.value)
+            item.subscription_id = item.request.subscription_id
+        except DecodeError as not_a_request:
+            # The one other record on this topic: a RESET_SUBSCRIPTION forwarded by the planner.
+            try:
+                event = self.codec.decode_event(record.value)
+            except DecodeError:
+                item.error = not_a_request
             else:
-                raise DecodeError(
-                    DecodeReason.UNKNOWN_SCHEMA, f"a {name} record on the requests topic"
-                )
-        except DecodeError as exc:
-            item.error = exc
+                if event.action.code == ActionCode.RESET_SUBSCRIPTION:
+                    item.reset = event
+                    item.subscription_id = event.subscription.id
+                else:
+                    item.error = DecodeError(
+                        DecodeReason.UNKNOWN_SCHEMA,
+                        f"a {event.action.code} event on the requests topic",
+                    )
         # Order follows the record key (the partitioner's key), the subscription id.
         return key or item.subscription_id, item
 
