@@ -433,9 +433,9 @@ def test_reset_reads_icareus_and_applies_the_difference(rig: Rig) -> None:
 def test_a_second_dispatcher_joining_mid_stream_takes_over_partitions_without_double_results(
     rig: Rig,
 ) -> None:
-    rig.admin.set_faults(latency_ms=300)
+    rig.admin.set_faults(latency_ms=400)
     planned: list[ProvisioningRequest] = []
-    for i in range(40):
+    for i in range(48):
         sub = subscription(f"sub-r{i}", 1, services=[tv("BASIC-TV", "VP1"), tv("SPORTS", "VP2")])
         planned += rig.crm(event("BECOME_SUBSCRIBER", sub))
     rig.start()
