@@ -329,7 +329,10 @@ class Dispatcher:
             if offset >= 0:
                 self._last_commit[p] = (offset, metadata)
             if seek:
-                self._consumer.seek(p, offset)
+                try:
+                    self._consumer.seek(p, offset)
+                except Exception as exc:  # cannot read it again here: start over instead
+                    self._failure = RuntimeError(f"partition {p}: cannot seek back: {exc}")
         started = time.monotonic()
         read_to_end(
             self.settings.kafka,
