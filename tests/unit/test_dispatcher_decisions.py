@@ -214,3 +214,51 @@ def test_work_of_a_partition_revoked_meanwhile_is_discarded(dispatcher: Dispatch
     work = item(50, request(0, RequestType.ADD_USER))
     dispatcher._generations[PARTITION] = 8  # revoked and assigned again while it ran
     assert run(dispatcher, work) == []
+
+
+class FakeConsumer:
+    """The consumer's port as the dispatcher uses it around a commit."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[int, int | None]] = []
+
+    def committed(self, partitions: list[int]) -> dict[int, tuple[int, str]]:
+        return dict.fromkeys(partitions, (5, ""))
+
+    def seek(self, partition: int, offset: int | None) -> None:
+        self.seeks.append((partition, offset))
+
+    def pause(self, partitions: list[int]) -> None:
+        pass
+
+    def lag(self, partition: int, position: int) -> int | None:
+        return 0
+
+
+class AbortingTransactions:
+    def commit(self, records: list[Any], offsets: dict[int, tuple[int, str]]) -> None:
+        from icareus_bridge.kafka.checkpoint import TransactionAborted
+
+        raise TransactionAborted("transaction aborted: broker said no")
+
+
+def test_an_aborted_transaction_reads_its_partitions_again_from_the_committed_offsets(
+    dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import icareus_bridge.pipeline.dispatcher as module
+
+    monkeypatch.setattr(module, "read_to_end", lambda *args, **kwargs: {})
+    consumer = FakeConsumer()
+    dispatcher._consumer = consumer  # type: ignore[assignment]
+    dispatcher._tx = AbortingTransactions()  # type: ignore[assignment]
+    run(dispatcher, item(5, request(0, RequestType.ADD_USER)))
+    run(dispatcher, item(6, request(1, RequestType.ADD_DEVICE, user="u1")))
+
+    asyncio.run(dispatcher._commit())
+
+    assert consumer.seeks == [(PARTITION, 5)]
+    assert dispatcher._pending == {}
+    assert dispatcher._generations[PARTITION] != 7  # late outcomes of the old reading are void
+    tracker = dispatcher.offsets.partition(PARTITION)
+    assert tracker is not None and tracker.committable() is None
+    dispatcher._committer.shutdown()
