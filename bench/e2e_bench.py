@@ -209,6 +209,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_wait_seconds(pid: int) -> float:
+    """Seconds the threads of one process spent runnable but waiting for a CPU (schedstat)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 class Bridge:
     """`icareus-bridge run` as a subprocess on its own topics and groups."""
 
@@ -234,7 +245,7 @@ class Bridge:
         for k, v in self.topics.items():
             env[f"ICAREUS_BRIDGE__TOPICS__{k.upper()}"] = v
         OUT_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = OUT_DIR / f"e2e-bridge-{name}.log"
+        self.log_path = OUT_DIR / f"e2e-bridge-{name}-{role}.log"
         self.log = self.log_path.open("w")
         cmd = [sys.executable, "-m", "icareus_bridge.cli", "run", "--config", str(CONFIG)]
         self.process = subprocess.Popen(
@@ -398,7 +409,7 @@ def onboard(
         ids.append(ev.event_id)
         produce(p, topic, s.id, codec.encode_event(ev))
     p.flush(30)
-    wait_for(results, ids, 2, 300, "onboarding")
+    wait_for(results, ids, 2, 120, "onboarding")
     return len(subs) / (time.time() - started)
 
 
@@ -416,6 +427,9 @@ class RunFigures:
     events_per_cpu_second: float = 0.0  # of the bridge process, sustained phase
     load: float = 0.0  # 1-minute load average at the end of the sustained phase
     call_ms: float = 0.0  # mean Icareus call time seen by the bridge, sustained phase
+    planner_p50: float = 0.0  # event -> request record, latency phase
+    planner_p99: float = 0.0
+    cpu_wait: float = 0.0  # bridge threads' seconds per second runnable but not running
 
 
 def bridge_run(
@@ -423,7 +437,28 @@ def bridge_run(
 ) -> RunFigures:
     name = f"r{n}-{uuid.uuid4().hex[:6]}"
     print(f"  run {n + 1}:", flush=True)
-    bridge = start_bridge(name, bootstrap, sim)
+    if args.split_roles:  # planner and dispatcher in processes of their own
+        bridges = [
+            start_bridge(name, bootstrap, sim, role="planner"),
+            start_bridge(name, bootstrap, sim, role="dispatcher"),
+        ]
+    else:
+        bridges = [start_bridge(name, bootstrap, sim)]
+    bridge = bridges[0]
+
+    def bridge_cpu() -> float:
+        return sum(cpu_seconds(b.process.pid) for b in bridges)
+
+    def bridge_wait() -> float:
+        return sum(cpu_wait_seconds(b.process.pid) for b in bridges)
+
+    def bridge_metrics() -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for b in bridges:
+            for k, v in scrape(b.port).items():
+                merged[k] = merged.get(k, 0.0) + v
+        return merged
+
     try:
         results = Results(bootstrap, bridge.topics["results"], codec, bridge.topics["requests"])
         topic = bridge.topics["input"]
@@ -439,10 +474,11 @@ def bridge_run(
             ev = event(code, snap, at)
             encoded.append((snap.id, ev.event_id, codec.encode_event(ev)))
         p = producer(bootstrap)
-        cpu_before = cpu_seconds(bridge.process.pid)
+        cpu_before = bridge_cpu()
+        wait_before = bridge_wait()
         sim_pid: int = getattr(sim, "pid", 0)
         sim_before = cpu_seconds(sim_pid)
-        metrics_before = scrape(bridge.port)
+        metrics_before = bridge_metrics()
         first_ms = int(time.time() * 1000)
         for key, _, value in encoded:
             produce(p, topic, key, value)
@@ -453,18 +489,20 @@ def bridge_run(
         last_ms = max(stamps.values())
         throughput = len(ids) / ((last_ms - first_ms) / 1000)
         wall = (last_ms - first_ms) / 1000
-        cores = (cpu_seconds(bridge.process.pid) - cpu_before) / wall
+        cores = (bridge_cpu() - cpu_before) / wall
+        waiting = (bridge_wait() - wait_before) / wall
         sim_cores = (cpu_seconds(sim_pid) - sim_before) / wall
         load = os.getloadavg()[0]
         planned = results.planned_at(ids)
         planner_eps = len(planned) / ((max(planned.values()) - first_ms) / 1000)
         series = per_second(list(stamps.values()), first_ms)
-        diagnosis, call_ms = diagnose(metrics_before, scrape(bridge.port))
+        diagnosis, call_ms = diagnose(metrics_before, bridge_metrics())
         print(f"    bridge metrics: {diagnosis}", flush=True)
         print(
             f"    sustained: {throughput:,.0f} events/s over {len(ids):,} events (planner alone "
             f"had them all planned at {planner_eps:,.0f} events/s; bridge used {cores:.2f} "
-            f"cores = {throughput / cores:,.0f} events per bridge CPU-second, simulator "
+            f"cores = {throughput / cores:,.0f} events per bridge CPU-second, and its threads "
+            f"waited {waiting:.2f} s per second for a CPU; simulator "
             f"{sim_cores:.2f} cores; load average {load:.1f})",
             flush=True,
         )
@@ -499,16 +537,33 @@ def bridge_run(
         ]
         values = list(lat.values())
         p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+        planned_at = results.planned_at(list(sent))
+        to_request = [float(planned_at[e] - sent[e]) for e in planned_at]
+        planner_p50, planner_p99 = percentile(to_request, 0.5), percentile(to_request, 0.99)
         print(
-            f"    latency at {offered:,.0f} events/s offered: p50 {p50:.0f} ms, p99 {p99:.0f} ms",
+            f"    latency at {offered:,.0f} events/s offered: p50 {p50:.0f} ms, p99 {p99:.0f} ms; "
+            f"of which event -> request record (planner): p50 {planner_p50:.0f} ms, "
+            f"p99 {planner_p99:.0f} ms",
             flush=True,
         )
         results.close()
         return RunFigures(
-            onboarding, throughput, series, p50, p99, lat_series, throughput / cores, load, call_ms
+            onboarding,
+            throughput,
+            series,
+            p50,
+            p99,
+            lat_series,
+            throughput / cores,
+            load,
+            call_ms,
+            planner_p50,
+            planner_p99,
+            waiting,
         )
     finally:
-        bridge.stop()
+        for b in reversed(bridges):
+            b.stop()
 
 
 def naive_run(
@@ -632,9 +687,17 @@ NOTES_TEMPLATE = """\
   {load_min:.1f}-{load_max:.1f} while measured). Neither the bridge nor the simulator used a
   full core (per run in bench/out/e2e_bench.txt), yet Icareus calls that the simulator answers
   after 20 ms took {call_min:.0f}-{call_max:.0f} ms on average inside the bridge: the processes
-  wait for a CPU. The figure that travels is {per_cpu:,.0f} events per CPU-second of the bridge
-  process: one dedicated core for the bridge would sustain about that (planner and dispatcher
-  share one interpreter), against {eps:,.0f} events/s measured here.
+  wait for a CPU (the bridge's threads spent a median {cpu_wait:.2f} s per second runnable but
+  not running, from /proc/<pid>/task/*/schedstat). The figure that travels is
+  {per_cpu:,.0f} events per CPU-second of the bridge process: one dedicated core for the bridge
+  would sustain about that (planner and dispatcher share one interpreter), against
+  {eps:,.0f} events/s measured here.
+- Latency split: event -> request record (the planner: it gathers up to
+  `planner.batch_max_ms` = 100 ms of events per transaction, then commits) p50 {planner_p50:.0f} ms,
+  p99 {planner_p99:.0f} ms; the rest is the dispatcher reading committed requests, the Icareus
+  call and the result. A result's timestamp is its produce time; CRM reads it once the
+  dispatcher's transaction commits (`dispatcher.commit_interval_ms` = 100 ms), which this
+  figure does not include.
 - The first start of a bridge on freshly created topics sometimes fails in the planner's state
   restore (`NOT_LEADER_FOR_PARTITION` from `get_watermark_offsets` while partition leaders are
   still being elected); the benchmark then starts it once more.
@@ -725,6 +788,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-seconds", type=float, default=20.0)
     parser.add_argument("--naive-subscriptions", dest="naive_subs", type=int, default=100)
     parser.add_argument("--icareus-figures", type=Path, default=OUT_DIR / "icareus_bench.txt")
+    parser.add_argument(
+        "--split-roles",
+        action="store_true",
+        help="planner and dispatcher as two processes (`run --role ...`) instead of one",
+    )
     parser.add_argument("--no-record", action="store_true", help="leave docs/ untouched")
     args = parser.parse_args(argv)
 
@@ -744,6 +812,9 @@ def main(argv: list[str] | None = None) -> int:
     p99 = statistics.median(r.latency_p99 for r in runs)
     onboarding = statistics.median(r.onboarding_eps for r in runs)
     per_cpu = statistics.median(r.events_per_cpu_second for r in runs)
+    planner_p50 = statistics.median(r.planner_p50 for r in runs)
+    planner_p99 = statistics.median(r.planner_p99 for r in runs)
+    cpu_wait = statistics.median(r.cpu_wait for r in runs)
     loads = [r.load for r in runs]
     ratio = eps / naive_eps if naive_eps else float("inf")
     ceiling = icareus_ceiling(args.icareus_figures)
@@ -771,6 +842,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(target p99 ≤ {TARGET_P99_MS:.0f}: {mark(p99 <= TARGET_P99_MS)}); "
         f"runs p99 {[round(r.latency_p99) for r in runs]}"
     )
+    print(
+        f"  of which planner      p50 {planner_p50:.0f} ms, p99 {planner_p99:.0f} ms "
+        f"(event -> request record); the rest is the dispatcher and Icareus"
+    )
     print(f"  onboarding            {onboarding:,.0f} events/s (2 Icareus calls per event)")
     print(
         f"  HTTP ceiling          client {ceiling.get('client', float('nan')):,.0f} calls/s, "
@@ -792,7 +867,8 @@ def main(argv: list[str] | None = None) -> int:
             f"while measured |",
             f"| e2e: latency at {args.rate:.0f} events/s offered (event → result) | `{command}` | "
             f"{m} | p50 {p50:.0f} ms, p99 {p99:.0f} ms | p99 ≤ {TARGET_P99_MS:.0f} ms | "
-            f"{runs_note}, p99: {', '.join(f'{r.latency_p99:.0f}' for r in runs)} ms |",
+            f"{runs_note}, p99: {', '.join(f'{r.latency_p99:.0f}' for r in runs)} ms; event → "
+            f"request record (planner) p50 {planner_p50:.0f} ms, p99 {planner_p99:.0f} ms |",
             f"| e2e: naive baseline (one request at a time, same simulator) | `{command}` | {m} | "
             f"{naive_eps:,.1f} events/s | bridge ≥ {TARGET_RATIO:.0f}× baseline | "
             f"bridge {ratio:,.1f}× baseline; 1 run of {args.naive_seconds:.0f} s |",
@@ -814,6 +890,9 @@ def main(argv: list[str] | None = None) -> int:
             load_max=max(loads),
             per_cpu=per_cpu,
             eps=eps,
+            planner_p50=planner_p50,
+            cpu_wait=cpu_wait,
+            planner_p99=planner_p99,
             call_min=min(r.call_ms for r in runs),
             call_max=max(r.call_ms for r in runs),
         )
