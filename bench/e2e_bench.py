@@ -246,7 +246,7 @@ class Bridge:
             env[f"ICAREUS_BRIDGE__TOPICS__{k.upper()}"] = v
         OUT_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = OUT_DIR / f"e2e-bridge-{name}-{role}.log"
-        self.log = self.log_path.open("w")
+        self.log = self.log_path.open("a")  # a second start keeps the first one's log
         cmd = [sys.executable, "-m", "icareus_bridge.cli", "run", "--config", str(CONFIG)]
         self.process = subprocess.Popen(
             [*cmd, "--role", role],
