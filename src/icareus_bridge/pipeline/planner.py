@@ -300,6 +300,7 @@ class Planner:
         self._producer: Any = None
         self._checkpoint: Checkpoint | None = None
         self._assigned: set[int] = set()
+        self.assignment: dict[str, set[int]] = {}  # topic -> partitions, as last assigned
         self._ready = False
         self._last_lag_at = 0.0
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -353,6 +354,7 @@ class Planner:
                 results=sorted(results),
             )
         wanted = events | results
+        self.assignment = {t: set(ps) for t, ps in by_topic.items()}
         self._ready = False
         self.readiness.set(READINESS_CHECK, False, f"restoring {len(wanted)} partitions")
         reports = self.store.restore(self.settings.kafka, self.topics.state, wanted)
