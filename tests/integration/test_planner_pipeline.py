@@ -155,12 +155,13 @@ def test_missing_topics_are_created_with_a_compacted_state_topic(kafka_bootstrap
         AdminClient({"bootstrap.servers": kafka_bootstrap}).delete_topics(list(names.values()))
 
 
-def test_a_results_topic_with_other_partition_count_stops_start_up(
-    kafka_bootstrap: str, make_topic: Callable[..., str]
+@pytest.mark.parametrize("role", ["results", "requests"])
+def test_a_results_or_requests_topic_with_other_partition_count_stops_start_up(
+    kafka_bootstrap: str, make_topic: Callable[..., str], role: str
 ) -> None:
     topics = make_topics(make_topic)
-    results = make_topic("results-2", partitions=2)
+    other = make_topic(f"{role}-2", partitions=2)
     settings = settings_for(kafka_bootstrap, topics, group="g", instance="i")
-    bad = settings.topics.model_copy(update={"results": results})
-    with pytest.raises(StartupError, match=rf"{results}.*2 partitions.*3"):
+    bad = settings.topics.model_copy(update={role: other})
+    with pytest.raises(StartupError, match=rf"{other} \(topics.{role}\).*2 partitions.*3"):
         ensure_topics(settings.kafka, bad)

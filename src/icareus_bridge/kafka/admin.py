@@ -58,9 +58,9 @@ def ensure_topics(
     """Create missing topics; verify the state changelog of existing ones.
 
     The state topic gets `cleanup.policy=compact`; the others the broker's default (delete).
-    Raises `StartupError` when the state topic exists without compaction, or when the state
-    or results topic does not have as many partitions as the input topic (state and feedback
-    of a subscription must live in the partition number of its events).
+    Raises `StartupError` when the state topic exists without compaction, or when the state,
+    results or requests topic does not have as many partitions as the input topic (state,
+    requests and feedback of a subscription must live in the partition number of its events).
     """
     admin = _admin(kafka)
     wanted = [topics.input, topics.requests, topics.results, topics.dlq, topics.state]
@@ -69,13 +69,15 @@ def ensure_topics(
         missing = [t for t in dict.fromkeys(wanted) if t not in existing]
         created: set[str] = set()
         if missing:
-            # A missing state/results topic follows the input topic's partition count when the
-            # input topic already exists (co-partitioning), else the configured count.
+            # A missing state/results/requests topic follows the input topic's partition count
+            # when the input topic already exists (co-partitioning), else the configured count.
             base = existing.get(topics.input, kafka.partitions)
             new = []
             for name in missing:
                 config = {"cleanup.policy": "compact"} if name == topics.state else {}
-                copartitioned = name in (topics.state, topics.results) and name != topics.input
+                copartitioned = (
+                    name in (topics.state, topics.results, topics.requests) and name != topics.input
+                )
                 parts = base if copartitioned else kafka.partitions
                 new.append(
                     NewTopic(
@@ -110,7 +112,14 @@ def ensure_topics(
             "--add-config cleanup.policy=compact) or point topics.state elsewhere"
         )
     n_input = existing[topics.input]
-    for role, name in (("topics.state", topics.state), ("topics.results", topics.results)):
+    # Requests too: the planner writes them to its event's partition number, and the
+    # dispatcher keeps a parked key's marker in that partition number of the state topic.
+    copartitioned_topics = (
+        ("topics.state", topics.state),
+        ("topics.results", topics.results),
+        ("topics.requests", topics.requests),
+    )
+    for role, name in copartitioned_topics:
         if existing[name] != n_input:
             raise StartupError(
                 f"topic {name} ({role}) has {existing[name]} partitions but the input topic "

@@ -9,10 +9,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from icareus_bridge.config import KafkaSettings
 from icareus_bridge.kafka.clients import assign_only_consumer
+
+# Errors that only mean "the partition's leader is not known yet".
+_NOT_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._TIMED_OUT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
 
 # (partition, key, value) -> None; value None is a tombstone.
 ApplyRecord = Callable[[int, bytes, bytes | None], None]
@@ -20,6 +31,25 @@ ApplyRecord = Callable[[int, bytes, bytes | None], None]
 
 class RestoreError(Exception):
     """The changelog could not be read to its end (broker unreachable, timeout)."""
+
+
+def _watermarks(consumer: Consumer, topic: str, partition: int, deadline: float) -> tuple[int, int]:
+    """The partition's low and high watermarks. Right after the bridge creates its topics the
+    leaders may still be elected: a retriable error (NOT_LEADER_FOR_PARTITION,
+    LEADER_NOT_AVAILABLE, a timeout) is asked again until `deadline`, not raised."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition),
+                timeout=max(1.0, min(10.0, deadline - time.monotonic())),
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in _NOT_YET)
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def read_to_end(
@@ -39,17 +69,15 @@ def read_to_end(
         return counts
     consumer = assign_only_consumer(kafka)
     try:
+        deadline = time.monotonic() + timeout
         pending: set[int] = set()
         for p in parts:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=min(timeout, 30.0)
-            )
+            low, high = _watermarks(consumer, topic, p, deadline)
             if high > low:
                 pending.add(p)
         if not pending:
             return counts
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
-        deadline = time.monotonic() + timeout
         while pending:
             if time.monotonic() > deadline:
                 raise RestoreError(
