@@ -26,6 +26,7 @@ from icareus_bridge.icareus.simulator import (
     SimulatorHandle,
     start_simulator_thread,
 )
+from icareus_bridge.pipeline import outcomes
 
 ORG = "1001"
 KEY = "test-organization-key"
@@ -510,3 +511,53 @@ def test_the_key_and_signatures_never_leave_the_client(
     )
     assert KEY not in exposed
     assert not any(len(c["params"]["token"]) > 11 for c in admin.calls())
+
+
+def test_personal_data_stays_out_of_results_whatever_the_parameters_are_named() -> None:
+    renamed = {
+        "add_user": IcareusOperation(
+            module="user",
+            action="addUser",
+            params=["ext", "given", "family", "mail", "tel", "country", "zip", "town"],
+        )
+    }
+    handle = start_simulator_thread(
+        SimulatorConfig(organization_id=ORG, key=KEY, products=PRODUCTS, operations=renamed)
+    )
+    try:
+        profile = SubscriberProfile(
+            first_name="Maria",
+            last_name="Ioannou",
+            email="maria@example.org",
+            phone="+35799000000",
+            country_code="CY",
+            postal_code="1010",
+            city="Nicosia",
+        )
+        request = ProvisioningRequest(
+            request_id="req-1",
+            number="PR-1",
+            type=RequestType.ADD_USER,
+            subscription_id="sub-1",
+            subscription_number="S-100",
+            distributor="VP1",
+            account_key="S-100-VP1",
+            event_id="ev-1",
+            action_code="BECOME_SUBSCRIBER",
+            sequence=0,
+            created_at=1_700_000_000_000,
+            profile=profile,
+        )
+        added: CallResult = run(
+            settings(handle, operations=renamed), lambda client: client.send(request)
+        )
+        assert added.user_id
+        shown = outcomes.completed(request, added, None, executed_at=1).request_payload or ""
+        for text in (json.dumps(added.request_payload), shown):
+            for value in ("Maria", "Ioannou", "maria@example.org", "+35799000000", "1010"):
+                assert value not in text
+            assert "Nicosia" not in text
+        assert json.loads(shown)["ext"] == "S-100-VP1"
+        assert json.loads(shown)["country"] == "CY"
+    finally:
+        handle.stop()

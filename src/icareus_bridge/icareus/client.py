@@ -19,6 +19,7 @@ import httpx
 from icareus_bridge.config import DEFAULT_OPERATION_PARAMS, IcareusSettings
 from icareus_bridge.core.model import ProvisioningRequest, RequestType, SubscriberProfile
 from icareus_bridge.icareus.errors import (
+    REDACTED,
     IcareusError,
     Outcome,
     TransientIcareusError,
@@ -42,6 +43,11 @@ OPERATION_BY_REQUEST_TYPE: Mapping[RequestType, str] = {
     RequestType.REMOVE_DEVICE: "remove_device",
 }
 
+# Positions, among an operation's values, of personal data (add_user: first and last name,
+# email, phone, postal code, city). `CallResult.request_payload` shows them redacted whatever
+# the configured parameter names are, so results never carry them.
+PERSONAL_VALUES: Mapping[str, frozenset[int]] = {"add_user": frozenset({1, 2, 3, 4, 6, 7})}
+
 
 @dataclass(frozen=True, slots=True)
 class IcareusUser:
@@ -56,8 +62,9 @@ class IcareusUser:
 @dataclass(frozen=True, slots=True)
 class CallResult:
     """One successful call. `request_payload` is the form sent with the token cut to its time
-    part (the key is never in it); `code` is USER_EXISTS / USER_NOT_FOUND when Icareus said the
-    wanted state already held; `latency_seconds` spans all attempts."""
+    part (the key is never in it) and personal values redacted; `code` is USER_EXISTS /
+    USER_NOT_FOUND when Icareus said the wanted state already held; `latency_seconds` spans all
+    attempts."""
 
     operation: str
     request_payload: dict[str, str]
@@ -245,7 +252,7 @@ class IcareusClient:
             raise
         return CallResult(
             operation=operation,
-            request_payload=dict(answer.fields),
+            request_payload=_shown_form(op.name, answer.fields),
             response_payload=outcome.body,
             http_status=answer.status,
             attempts=len(failures) + 1,
@@ -328,6 +335,18 @@ class IcareusClient:
             user = _parse_user(op.name, answer, outcome.body)
             return user.user_id, user
         return None, None
+
+
+def _shown_form(operation: str, fields: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The sent form as results may show it: `fields` is organizationId, the operation's values
+    in order, then the token; values at `PERSONAL_VALUES` positions are redacted."""
+    personal = PERSONAL_VALUES.get(operation)
+    if not personal:
+        return dict(fields)
+    return {
+        name: REDACTED if i - 1 in personal and value else value
+        for i, (name, value) in enumerate(fields)
+    }
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.\-]*")
