@@ -11,6 +11,7 @@ import urllib.request
 
 import structlog
 
+from icareus_bridge.core.model import Subscriber
 from icareus_bridge.observability import (
     HealthServer,
     Metrics,
@@ -19,6 +20,7 @@ from icareus_bridge.observability import (
     get_logger,
     redact,
 )
+from icareus_bridge.observability.logging import redaction_processor
 
 
 def test_personal_data_and_secrets_are_redacted_wherever_they_are() -> None:
@@ -37,6 +39,18 @@ def test_personal_data_and_secrets_are_redacted_wherever_they_are() -> None:
         "params": {"emailAddress": "[redacted]", "token": "[redacted]", "user_id": "7"},
         "items": [{"phone": "[redacted]"}],
     }
+
+
+def test_a_domain_object_passed_to_a_log_call_is_redacted_field_by_field() -> None:
+    subscriber = Subscriber(
+        account_number="AC1", first_name="Ann", last_name="Lee", email="ann@example.org"
+    )
+    shown = redaction_processor(
+        None, "info", {"event": "x", "who": subscriber, "all": [subscriber]}
+    )
+    text = json.dumps(shown)
+    assert "Ann" not in text and "Lee" not in text and "ann@example.org" not in text
+    assert shown["who"]["account_number"] == "AC1"
 
 
 def test_a_log_line_is_json_with_the_ids_and_without_the_secrets() -> None:

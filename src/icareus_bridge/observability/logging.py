@@ -12,6 +12,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from pydantic import BaseModel
 
 # Keys whose values are personal data or secrets; matched case-insensitively on the whole key
 # and on any `_`/`.`/`-` separated part of it ("icareus_key", "sasl.password").
@@ -60,9 +61,12 @@ def _is_sensitive(key: str) -> bool:
 
 
 def redact(value: Any, _depth: int = 0) -> Any:
-    """A copy of `value` with sensitive keys' values replaced, recursing into mappings/lists."""
+    """A copy of `value` with sensitive keys' values replaced, recursing into mappings/lists;
+    a pydantic model (a domain object) is redacted as its `model_dump`, never shown whole."""
     if _depth > 8:
         return value
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
     if isinstance(value, Mapping):
         return {
             k: (REDACTED if isinstance(k, str) and _is_sensitive(k) else redact(v, _depth + 1))
@@ -82,7 +86,7 @@ def redaction_processor(
             continue
         if _is_sensitive(k):
             event_dict[k] = REDACTED
-        elif isinstance(event_dict[k], Mapping | list | tuple):
+        elif isinstance(event_dict[k], Mapping | list | tuple | BaseModel):
             event_dict[k] = redact(event_dict[k])
     return event_dict
 
