@@ -41,6 +41,13 @@ def test_personal_data_and_secrets_are_redacted_wherever_they_are() -> None:
     }
 
 
+def test_a_value_nested_deeper_than_redaction_looks_is_not_shown() -> None:
+    nested: object = {"phone": "+357"}
+    for _ in range(12):
+        nested = {"inner": nested}
+    assert "+357" not in json.dumps(redact(nested))
+
+
 def test_a_domain_object_passed_to_a_log_call_is_redacted_field_by_field() -> None:
     subscriber = Subscriber(
         account_number="AC1", first_name="Ann", last_name="Lee", email="ann@example.org"

@@ -63,8 +63,8 @@ def _is_sensitive(key: str) -> bool:
 def redact(value: Any, _depth: int = 0) -> Any:
     """A copy of `value` with sensitive keys' values replaced, recursing into mappings/lists;
     a pydantic model (a domain object) is redacted as its `model_dump`, never shown whole."""
-    if _depth > 8:
-        return value
+    if _depth > 8:  # too deep to look through: not shown at all
+        return REDACTED if isinstance(value, Mapping | list | tuple | BaseModel) else value
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     if isinstance(value, Mapping):
