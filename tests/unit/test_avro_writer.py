@@ -28,6 +28,7 @@ from icareus_bridge.core.model import (
     SubscriptionState,
 )
 from icareus_bridge.core.plan import plan
+from icareus_bridge.pipeline.outcomes import request_fields
 
 PROVIDER = ProviderSettings(
     max_viewing_points=1,
@@ -94,21 +95,7 @@ def _samples() -> dict[str, list[dict[str, Any]]]:
     req = plan(None, stories[0], PROVIDER).requests[0]
     out["ProvisioningResult"].append(
         ProvisioningResult(
-            **{
-                k: getattr(req, k)
-                for k in (
-                    "request_id",
-                    "number",
-                    "type",
-                    "subscription_id",
-                    "subscription_number",
-                    "distributor",
-                    "account_key",
-                    "event_id",
-                    "action_code",
-                    "created_at",
-                )
-            },
+            **request_fields(req),
             life_cycle_state=LifeCycleState.COMPLETED,
             reference_number="u-1",
             request_payload='{"a":1}',

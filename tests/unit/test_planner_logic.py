@@ -18,6 +18,7 @@ from icareus_bridge.core.model import (
     SubscriptionState,
 )
 from icareus_bridge.core.plan import plan
+from icareus_bridge.pipeline.outcomes import request_fields
 from icareus_bridge.pipeline.planner import InboundRecord, PlannerLogic
 
 codec = Codec()
@@ -104,21 +105,7 @@ def test_a_rejected_add_user_result_corrects_the_known_state() -> None:
     known = planned.state.record
     add_user = plan(None, _event(1), SETTINGS.provider).requests[0]
     result = ProvisioningResult(
-        **{
-            k: getattr(add_user, k)
-            for k in (
-                "request_id",
-                "number",
-                "type",
-                "subscription_id",
-                "subscription_number",
-                "distributor",
-                "account_key",
-                "event_id",
-                "action_code",
-                "created_at",
-            )
-        },
+        **request_fields(add_user),
         life_cycle_state=LifeCycleState.REJECTED,
         error_code="ICAREUS_REJECTED",
         attempts=1,
@@ -141,21 +128,7 @@ def test_a_rejected_add_user_result_corrects_the_known_state() -> None:
 def test_feedback_for_a_subscription_the_planner_does_not_know_is_counted_not_failed() -> None:
     add_user = plan(None, _event(1), SETTINGS.provider).requests[0]
     result = ProvisioningResult(
-        **{
-            k: getattr(add_user, k)
-            for k in (
-                "request_id",
-                "number",
-                "type",
-                "subscription_id",
-                "subscription_number",
-                "distributor",
-                "account_key",
-                "event_id",
-                "action_code",
-                "created_at",
-            )
-        },
+        **request_fields(add_user),
         life_cycle_state=LifeCycleState.COMPLETED,
         reference_number="u1",
         attempts=1,

@@ -31,7 +31,8 @@ def planned_payload(request: ProvisioningRequest) -> str:
     return json.dumps(redact(params), separators=(",", ":"), ensure_ascii=False)
 
 
-def _base(request: ProvisioningRequest) -> dict[str, Any]:
+def request_fields(request: ProvisioningRequest) -> dict[str, Any]:
+    """What a result copies from its request (ids, type, account, plan position, parameters)."""
     return {
         "request_id": request.request_id,
         "number": request.number,
@@ -57,7 +58,7 @@ def completed(
     `user_id` is the user the call was about; for ADD_USER, the id Icareus gave."""
     uid = call.user_id if call.user_id is not None else user_id
     return ProvisioningResult(
-        **_base(request),
+        **request_fields(request),
         life_cycle_state=LifeCycleState.COMPLETED,
         reference_number=uid,
         user_id=uid,
@@ -79,7 +80,7 @@ def rejected_by_icareus(
     if error.icareus_message:
         description += f": {error.icareus_message}"
     return ProvisioningResult(
-        **_base(request),
+        **request_fields(request),
         life_cycle_state=LifeCycleState.REJECTED,
         error_code=RejectionCode.ICAREUS_REJECTED,
         error_description=description,
@@ -101,7 +102,7 @@ def rejected_without_call(
     """Decided by the dispatcher without calling Icareus (attempts 0), e.g. the account's
     ADD_USER of the same plan was refused (DEPENDENCY_REJECTED)."""
     return ProvisioningResult(
-        **_base(request),
+        **request_fields(request),
         life_cycle_state=LifeCycleState.REJECTED,
         error_code=code,
         error_description=description,
@@ -113,4 +114,10 @@ def rejected_without_call(
     )
 
 
-__all__ = ["completed", "planned_payload", "rejected_by_icareus", "rejected_without_call"]
+__all__ = [
+    "completed",
+    "planned_payload",
+    "rejected_by_icareus",
+    "rejected_without_call",
+    "request_fields",
+]
