@@ -228,17 +228,8 @@ def classify(operation: str, http_status: int, headers: Mapping[str, str], body:
     status = parsed.get("status") if isinstance(parsed, dict) else None
     if not 200 <= http_status < 300:
         code = str(parsed.get("code") or f"HTTP_{http_status}") if status else f"HTTP_{http_status}"
-        message = redact(str(parsed.get("message") or "")) if status else ""
-        raise PermanentIcareusError(
-            f"Icareus refused {operation}: {code}"
-            + (f": {message}" if message else "")
-            + f" (HTTP {http_status})",
-            operation=operation,
-            code=code,
-            icareus_message=message,
-            http_status=http_status,
-            response_excerpt=response_excerpt(body, parsed),
-        )
+        message = str(parsed.get("message") or "") if status else ""
+        raise _refused(operation, code, message, http_status, body, parsed)
     if not isinstance(parsed, dict) or status not in ("ok", "error"):
         raise TransientIcareusError(
             f"Icareus {operation}: answer is not a JSON object with a status (HTTP {http_status})",
@@ -252,8 +243,15 @@ def classify(operation: str, http_status: int, headers: Mapping[str, str], body:
     code = str(parsed.get("code") or "UNKNOWN_ERROR")
     if code in SUCCESS_CODES.get(operation, frozenset()):
         return Outcome(parsed, code)
-    message = redact(str(parsed.get("message") or ""))
-    raise PermanentIcareusError(
+    raise _refused(operation, code, str(parsed.get("message") or ""), http_status, body, parsed)
+
+
+def _refused(
+    operation: str, code: str, message: str, http_status: int, body: bytes, parsed: Any
+) -> PermanentIcareusError:
+    """The refusal for Icareus' `code` and `message` (redacted here)."""
+    message = redact(message)
+    return PermanentIcareusError(
         f"Icareus refused {operation}: {code}"
         + (f": {message}" if message else "")
         + f" (HTTP {http_status})",
