@@ -49,18 +49,21 @@ def http() -> httpx.Client:
     return httpx.Client()
 
 
+# The wire names of addUser's parameters, written out here (not taken from the config).
+ADD_USER_PARAMS = [
+    "externalId",
+    "firstName",
+    "lastName",
+    "emailAddress",
+    "phoneNumber",
+    "countryId",
+    "postalCode",
+    "cityName",
+]
+
+
 def add_user(sim: SimulatorHandle, external_id: str, **kw: str) -> httpx.Response:
-    names = [
-        "externalId",
-        "firstName",
-        "lastName",
-        "emailAddress",
-        "phoneNumber",
-        "countryId",
-        "postalCode",
-        "cityName",
-    ]
-    return call(sim, "addUser", "user", [external_id, *[""] * 7], names, **kw)
+    return call(sim, "addUser", "user", [external_id, *[""] * 7], ADD_USER_PARAMS, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -96,24 +99,7 @@ def test_the_cli_simulator_accepts_signed_calls_and_refuses_unsigned_ones() -> N
         )
         with sim.admin() as admin:
             stats = admin.stats()
-            catalogue_ok = call(
-                sim,
-                "addUser",
-                "user",
-                ["A", *[""] * 7],
-                [
-                    "externalId",
-                    "firstName",
-                    "lastName",
-                    "emailAddress",
-                    "phoneNumber",
-                    "countryId",
-                    "postalCode",
-                    "cityName",
-                ],
-                key="cli-key",
-                org="3003",
-            )
+            catalogue_ok = add_user(sim, "A", key="cli-key", org="3003")
             user_id = catalogue_ok.json()["userId"]
             # products: the config's service mapping plus --products
             for product, expected in (("1001", "ok"), ("77", "ok"), ("78", "error")):
