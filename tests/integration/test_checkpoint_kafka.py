@@ -1,0 +1,153 @@
+"""The Checkpoint against the real broker: a batch's output, its last state write per key and
+its offsets become visible together; offsets alone are committed too; a fenced producer fails
+fatally and the batch is read again."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+from icareus_bridge.config import KafkaSettings
+from icareus_bridge.kafka import clients
+from icareus_bridge.kafka.checkpoint import Checkpoint, OutboundRecord, TransactionFatal
+
+pytestmark = pytest.mark.kafka
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def _kafka(bootstrap: str) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=bootstrap)
+
+
+def _fill(bootstrap: str, topic: str, partition: int, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for value in values:
+        producer.produce(topic, value, b"k", partition)
+    assert producer.flush(30) == 0
+
+
+def _consume(consumer: Consumer, topic: str, n: int) -> list[Message]:
+    consumer.subscribe([topic])
+    out: list[Message] = []
+    deadline = time.monotonic() + 30
+    while len(out) < n and time.monotonic() < deadline:
+        for msg in consumer.consume(n - len(out), 0.5):
+            if msg.error() is None:
+                out.append(msg)
+    assert len(out) == n, f"read {len(out)} of {n}"
+    return out
+
+
+def _read_committed(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, Any, Any]]:
+    reader = clients.assign_only_consumer(_kafka(bootstrap))
+    reader.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen: list[tuple[int, Any, Any]] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(at_end) < partitions and time.monotonic() < deadline:
+        for msg in reader.consume(100, 0.5):
+            err = msg.error()
+            if err is not None:
+                if clients.is_partition_eof(err):
+                    at_end.add(msg.partition())
+                continue
+            seen.append((msg.partition(), msg.key(), msg.value()))
+    reader.close()
+    assert len(at_end) == partitions
+    return seen
+
+
+def _committed(bootstrap: str, group: str, topic: str, partition: int) -> int:
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        [tp] = probe.committed([TopicPartition(topic, partition)], timeout=10)
+        return int(tp.offset)
+    finally:
+        probe.close()
+
+
+def _group_consumer(bootstrap: str, group: str) -> Consumer:
+    return clients.consumer(_kafka(bootstrap), group)
+
+
+def test_output_last_state_per_key_and_offsets_become_visible_together(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    source, sink = make_topic("cp-in", partitions=2), make_topic("cp-out", partitions=2)
+    state = make_topic("cp-state", partitions=2, compacted=True)
+    group = _unique("cp")
+    _fill(kafka_bootstrap, source, 1, [b"e0", b"e1", b"e2"])
+    consumer = _group_consumer(kafka_bootstrap, group)
+    producer = clients.transactional_producer(_kafka(kafka_bootstrap), _unique("cp-tx"))
+    try:
+        cp = Checkpoint(producer, consumer, state, encode_state=lambda obj: f"enc:{obj}".encode())
+        for msg in _consume(consumer, source, 3):
+            cp.produce(OutboundRecord(sink, b"a", b"out-" + msg.value(), partition=1))
+            cp.put_state(1, b"a", msg.value().decode())
+            cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
+        assert _read_committed(kafka_bootstrap, sink, 2) == []  # nothing before the commit
+        stats = cp.commit()
+    finally:
+        consumer.close()
+    assert (stats.input_records, stats.produced, stats.state_writes) == (3, 4, 1)
+    assert _read_committed(kafka_bootstrap, sink, 2) == [
+        (1, b"a", b"out-e0"),
+        (1, b"a", b"out-e1"),
+        (1, b"a", b"out-e2"),
+    ]
+    assert _read_committed(kafka_bootstrap, state, 2) == [(1, b"a", b"enc:e2")]
+    assert _committed(kafka_bootstrap, group, source, 1) == 3
+
+
+def test_offsets_alone_are_committed_in_a_transaction_too(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    source, state = make_topic("cp-in"), make_topic("cp-state", compacted=True)
+    group = _unique("cp")
+    _fill(kafka_bootstrap, source, 0, [b"stale"])
+    consumer = _group_consumer(kafka_bootstrap, group)
+    producer = clients.transactional_producer(_kafka(kafka_bootstrap), _unique("cp-tx"))
+    try:
+        cp = Checkpoint(producer, consumer, state)
+        assert cp.empty and not cp.due()
+        [msg] = _consume(consumer, source, 1)
+        cp.mark_processed(msg.topic(), msg.partition(), msg.offset())  # e.g. a skipped event
+        cp.commit()
+    finally:
+        consumer.close()
+    assert _committed(kafka_bootstrap, group, source, 0) == 1
+    assert _read_committed(kafka_bootstrap, state, 1) == []
+
+
+def test_a_fenced_producer_fails_fatally_and_the_batch_is_read_again(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    source, sink = make_topic("cp-in"), make_topic("cp-out")
+    state = make_topic("cp-state", compacted=True)
+    group, tid = _unique("cp"), _unique("cp-tx")
+    _fill(kafka_bootstrap, source, 0, [b"e0", b"e1"])
+    consumer = _group_consumer(kafka_bootstrap, group)
+    producer = clients.transactional_producer(_kafka(kafka_bootstrap), tid)
+    try:
+        cp = Checkpoint(producer, consumer, state)
+        for msg in _consume(consumer, source, 2):
+            cp.produce(OutboundRecord(sink, b"a", msg.value(), partition=0))
+            cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
+        # A newer incarnation with the same transactional id fences this producer.
+        clients.transactional_producer(_kafka(kafka_bootstrap), tid)
+        with pytest.raises(TransactionFatal):
+            cp.commit()
+        again = _consume(consumer, source, 2)
+    finally:
+        consumer.close()
+    assert [m.offset() for m in again] == [0, 1]
+    assert _read_committed(kafka_bootstrap, sink, 1) == []
+    assert _committed(kafka_bootstrap, group, source, 0) < 0
