@@ -4,8 +4,9 @@ Icareus (the simulator) ends up holding exactly what CRM's final snapshots say i
 The story: ~200 subscriptions become subscribers with 1-4 viewing points (a box and a card per
 viewing point, each on its own Icareus distributor), then services are added and swapped, boxes
 swapped, subscriptions deactivated and activated again, some terminated; one registration is
-refused by Icareus (a scripted fault on the simulator's addUser) and one box is already in use
-by another subscriber (DEVICE_IN_USE). Events are the project's single-object Avro, keyed by
+refused by Icareus (a scripted fault on the simulator's addUser; that subscriber's next action
+registers the account again) and one box is already in use by another subscriber
+(DEVICE_IN_USE). Events are the project's single-object Avro, keyed by
 subscription id, versions growing per subscription. The demo then waits until every planned
 request has a result (read_committed), prints what happened, and compares the simulator's state
 with the expected state computed from the snapshots alone (not with `plan`).
@@ -164,7 +165,7 @@ class Story:
     tag: str
     subs: list[Sub]
     phases: list[tuple[str, list[Step]]]
-    refused_sub: Sub  # its only ADD_USER is refused by Icareus
+    refused_sub: Sub  # its first ADD_USER is refused by Icareus, its next action retries it
     in_use: tuple[Sub, str]  # (subscription whose box serial another subscriber already has)
 
 
@@ -314,7 +315,8 @@ class StoryWriter:
                 for s in sub.services
             ]
             phase3.append(Step(sub, "TERMINATE_SUBSCRIPTION", sub.snapshot(), "CANCEL"))
-        # The refused subscriber buys another package: its account is not registered.
+        # The refused subscriber buys another package: the account is registered again (ADD_USER,
+        # then its boxes and every product), Icareus no longer refusing.
         refused.services.append(self._service(refused, self.vps[0], "MOVIES"))
         phase3.append(Step(refused, "ADD_SERVICE", refused.snapshot()))
         # A subscriber whose box is registered to another subscriber already.
@@ -349,13 +351,13 @@ def expected_state(settings: Settings, story: Story) -> dict[str, dict[str, Any]
     Per subscription's last snapshot: terminated -> no user; otherwise per Icareus distributor
     (first appearance order, at most max_viewing_points) with an effective mapped (and allowed)
     service or a mapped installed item, one user `<number>-<distributor>` holding those products
-    and devices. The refused registration has no user; the box already in use is not on the
-    second subscriber's user."""
+    and devices. The refused registration is retried by that subscriber's later ADD_SERVICE, so it
+    ends like any other; the box already in use is not on the second subscriber's user."""
     provider = settings.provider
     allowed = {d.code: set(d.allowed_products) for d in provider.distributors}
     out: dict[str, dict[str, Any]] = {}
     for sub in story.subs:
-        if sub.version == 0 or sub is story.refused_sub:
+        if sub.version == 0:
             continue
         if sub.state in TERMINATED_SUBSCRIPTION_STATES:
             continue

@@ -13,7 +13,16 @@ from icareus_bridge.config import Settings
 from icareus_bridge.core.model import ProvisioningResult, ServiceState, SubscriptionState
 from icareus_bridge.icareus.client import IcareusClient
 from icareus_bridge.icareus.simulator import SimulatorAdmin
-from tests.e2e.harness import CODEC, Bridge, Crm, CrmSubscription, box, header, service
+from tests.e2e.harness import (
+    CODEC,
+    Bridge,
+    Crm,
+    CrmSubscription,
+    TopicReader,
+    box,
+    header,
+    service,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -190,7 +199,9 @@ def test_the_fifth_viewing_point_is_rejected(crm: Crm, icareus: SimulatorAdmin) 
     assert user(icareus, sub.account(rooms[4])) is None
 
 
-def test_refused_add_user_then_account_not_registered(crm: Crm, icareus: SimulatorAdmin) -> None:
+def test_refused_add_user_then_account_not_registered_then_registered_again(
+    crm: Crm, icareus: SimulatorAdmin, kafka_bootstrap: str
+) -> None:
     icareus.set_faults(
         error_code="INVALID_PROFILE",
         script=[{"fault": "status_error", "action": "addUser", "times": 1}],
@@ -200,22 +211,59 @@ def test_refused_add_user_then_account_not_registered(crm: Crm, icareus: Simulat
         "BECOME_SUBSCRIBER",
         state=EFFECTIVE,
         services=(service("s1", "BASIC-TV", VP1),),
-        items=(box("SN-R", VP1),),
     )
     crm.publish(first)
-    assert summary(crm.results_of(first, 3)) == [
+    assert summary(crm.results_of(first, 2)) == [
         ("ADD_USER", "REJECTED", "ICAREUS_REJECTED"),
-        ("ADD_DEVICE", "REJECTED", "DEPENDENCY_REJECTED"),
         ("ACTIVATE_PRODUCTS", "REJECTED", "DEPENDENCY_REJECTED"),
     ]
-    more = sub.act("ADD_SERVICE", services=sub.services_with(service("s2", "SPORTS", VP1)))
-    crm.publish(more)
-    results = crm.results_of(more, 1)
+    # The planner folds the refusal into its state (registered=false, registration_rejected).
+    state = TopicReader(kafka_bootstrap, crm.topics["state"])
+    try:
 
-    assert [(r.life_cycle_state.value, r.error_code) for r in results] == [
-        ("REJECTED", "ACCOUNT_NOT_REGISTERED")
-    ]
+        def refused(records: list[Any]) -> bool:
+            for m in reversed(records):
+                if m.key() == sub.id.encode() and m.value():
+                    record = CODEC.decode_state(m.value())
+                    account = record.accounts.get(VP1) if record else None
+                    return account is not None and account.registration_rejected
+            return False
+
+        state.until(refused)
+    finally:
+        state.close()
+
+    # The room's only service stops: nothing left to register the account for, and the
+    # cancellation cannot be sent.
+    stop = sub.act(
+        "STOP_SERVICE",
+        services=sub.services_with(service("s1", "BASIC-TV", VP1, ServiceState.NOT_EFFECTIVE)),
+    )
+    crm.publish(stop)
+    [stopped] = crm.results_of(stop, 1)
+    assert (stopped.type.value, stopped.life_cycle_state.value, stopped.error_code) == (
+        "CANCEL_PRODUCTS",
+        "REJECTED",
+        "ACCOUNT_NOT_REGISTERED",
+    )
+    assert stopped.product_ids == ("1001",) and stopped.attempts == 0
     assert user(icareus, sub.account(VP1)) is None
+
+    # A new service wants the account again: ADD_USER again (the fault was for one call).
+    more = sub.act("ADD_SERVICE", services=sub.services_with(service("s2", "MOVIES", VP1)))
+    box_in = sub.act("ADD_INSTALLED_ITEM", items=(box("SN-R", VP1),))
+    crm.publish(more, box_in)
+    results = crm.results_of(more, 2)
+    assert summary(results) == [
+        ("ADD_USER", "COMPLETED", None),
+        ("ACTIVATE_PRODUCTS", "COMPLETED", None),
+    ]
+    assert results[1].product_ids == ("1003",)
+    assert summary(crm.results_of(box_in, 1)) == [("ADD_DEVICE", "COMPLETED", None)]
+
+    u = user(icareus, sub.account(VP1))
+    assert u is not None and u["userId"] == results[0].reference_number
+    assert u["products"] == ["1003"] and devices(u) == ["SN-R"]
 
 
 def test_outage_past_the_retry_budget_parks_only_that_subscription_in_order(

@@ -127,7 +127,7 @@ def test_completed_add_user_gives_later_requests_the_icareus_user_id(
     assert third.user_id == "u-77"
 
 
-def test_rejected_add_user_makes_the_account_unregistered_for_the_next_event(
+def test_a_rejected_add_user_result_makes_the_next_event_plan_add_user_again(
     kafka_bootstrap: str, make_topic: Callable[..., str]
 ) -> None:
     topics = make_topics(make_topic)
@@ -140,35 +140,49 @@ def test_rejected_add_user_makes_the_account_unregistered_for_the_next_event(
         (part, add_user), _ = _requests_of(kafka_bootstrap, topics, sub, 2)
         _send_result(kafka_bootstrap, topics, part, _result(add_user, LifeCycleState.REJECTED))
 
-        def not_registered() -> bool:
+        def refused() -> bool:
             state = _state_of(kafka_bootstrap, topics, sub)
-            return state is not None and not state.accounts[VP1].registered
+            if state is None:
+                return False
+            account = state.accounts[VP1]
+            return not account.registered and account.registration_rejected
 
-        wait_for(not_registered, 30, "rejected registration folded into the state")
+        wait_for(refused, 30, "rejected registration folded into the state")
         assert running.metrics.feedback.labels("ADD_USER", "REJECTED", "applied")._value.get() == 1
         produce_events(
             kafka_bootstrap,
             topics.input,
             [event(sub, 2, "ADD_SERVICE", products=[("BASIC-TV", VP1), ("SPORTS", VP1)])],
         )
+        wait_for(lambda: bool(_requests_of(kafka_bootstrap, topics, sub, 4)), 30, "v2 requests")
+        requests = [r for _, r in _requests_of(kafka_bootstrap, topics, sub, 4)]
 
-        def rejections() -> list[ProvisioningResult]:
-            return [
-                r
-                for r in (
-                    codec.decode_result(x.value)
-                    for x in read_topic(kafka_bootstrap, topics.results)
-                    if x.value
-                )
-                if r.subscription_id == sub and r.attempts == 0
-            ]
+        def v2_applied() -> bool:
+            state = _state_of(kafka_bootstrap, topics, sub)
+            return state is not None and state.last_version == 2
 
-        wait_for(lambda: bool(rejections()), 30, "the planner's rejection of v2")
-        requests = _requests_of(kafka_bootstrap, topics, sub, 2)
-    # Nothing is sent to a user Icareus refused to create: CRM sees ACCOUNT_NOT_REGISTERED
-    # for the new product instead of an ACTIVATE_PRODUCTS that could only fail.
-    assert len(requests) == 2
-    [rejection] = rejections()
-    assert rejection.type == RequestType.ACTIVATE_PRODUCTS
-    assert rejection.error_code == "ACCOUNT_NOT_REGISTERED"
-    assert rejection.life_cycle_state == LifeCycleState.REJECTED
+        wait_for(v2_applied, 30, "v2 state")
+        state = _state_of(kafka_bootstrap, topics, sub)
+        planner_rejections = [
+            r
+            for r in (
+                codec.decode_result(x.value)
+                for x in read_topic(kafka_bootstrap, topics.results)
+                if x.value
+            )
+            if r.subscription_id == sub and r.attempts == 0
+        ]
+    # The committed requests topic holds v1's ADD_USER + ACTIVATE_PRODUCTS, then v2 registers
+    # the account again and provisions everything it should hold, like a new account.
+    assert len(requests) == 4
+    v2 = requests[2:]
+    assert [(r.type, r.event_id != add_user.event_id) for r in v2] == [
+        (RequestType.ADD_USER, True),
+        (RequestType.ACTIVATE_PRODUCTS, True),
+    ]
+    assert v2[0].account_key == add_user.account_key and v2[0].profile is not None
+    assert v2[1].product_ids == ("1001", "1002") and v2[1].user_id is None
+    assert planner_rejections == []  # nothing reported ACCOUNT_NOT_REGISTERED
+    assert state is not None
+    account = state.accounts[VP1]
+    assert (account.registered, account.registration_rejected) == (True, False)

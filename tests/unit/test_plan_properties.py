@@ -16,6 +16,7 @@ from icareus_bridge.core.model import (
     InstalledItem,
     LifeCycleState,
     ProvisioningRequest,
+    RejectionCode,
     RequestType,
     Service,
     ServiceState,
@@ -162,18 +163,32 @@ def run_story(
             else set()
         )
 
-        # order: ADD_USER before anything else of its account, REMOVE_USER last, nothing at
-        # all for an account whose registration was refused.
+        # order: ADD_USER before anything else of its account, REMOVE_USER last. An account
+        # whose registration was refused is registered again (once) by the next event that
+        # wants something of it; otherwise nothing is sent for it, and what the event took away
+        # from it is reported ACCOUNT_NOT_REGISTERED.
         seen: dict[str, list[RequestType]] = {}
         for r in decision.requests:
             seen.setdefault(r.distributor, []).append(r.type)
         for d, types in seen.items():
-            assert d not in blocked
             if d not in was_registered:
                 assert types[0] is RequestType.ADD_USER
             assert RequestType.ADD_USER not in types[1:]
             if RequestType.REMOVE_USER in types:
                 assert types[-1] is RequestType.REMOVE_USER
+        retried: set[str] = set()
+        for d in blocked:
+            wants_something = desired(sub, prov, d) != (set(), {})
+            if wants_something:
+                retried.add(d)
+                if prov.effective:
+                    assert seen[d][0] is RequestType.ADD_USER
+            else:
+                assert d not in seen
+        for j in decision.rejections:
+            if j.code is RejectionCode.ACCOUNT_NOT_REGISTERED:
+                assert j.distributor in blocked - retried and j.distributor not in seen
+                assert j.type in (RequestType.CANCEL_PRODUCTS, RequestType.REMOVE_DEVICE)
         # limit
         assert len(decision.state.accounts) <= prov.max_viewing_points
         assert len({r.distributor for r in decision.requests}) <= prov.max_viewing_points

@@ -14,6 +14,8 @@ from icareus_bridge.core.model import (
     RequestType,
     ServiceState,
     SkipReason,
+    Subscription,
+    SubscriptionRecord,
     SubscriptionState,
 )
 from icareus_bridge.core.plan import plan, request_id
@@ -304,24 +306,129 @@ def test_provider_not_effective_rejects_every_request_and_keeps_the_state() -> N
     assert len(again.requests) == 7
 
 
-def test_account_not_registered_when_its_add_user_was_rejected() -> None:
-    sub1 = subscription(1, [svc("a", "BASIC-TV", "VP1")])
-    first = plan(None, event("BECOME_SUBSCRIBER", sub1), PROVIDER)
+def refused(sub: Subscription) -> SubscriptionRecord:
+    """The state after `sub` was planned and Icareus refused every ADD_USER of it (the rest of
+    those accounts' requests rejected with it)."""
+    first = plan(None, event("BECOME_SUBSCRIBER", sub), PROVIDER)
     state = first.state
     for r in first.requests:
         state = apply_result(
             state, result_of(r, LifeCycleState.REJECTED, error_code="ICAREUS_REJECTED")
         )
-    assert not state.accounts["VP1"].registered and state.accounts["VP1"].products == frozenset()
+    return state
+
+
+def test_a_refused_registration_is_tried_again_by_the_next_action_that_wants_the_account() -> None:
+    sub1 = subscription(1, [svc("a", "BASIC-TV", "VP1")])
+    state = refused(sub1)
+    vp1 = state.accounts["VP1"]
+    assert (vp1.registered, vp1.registration_rejected, vp1.products) == (False, True, frozenset())
+
     sub2 = subscription(
         2, [*sub1.services, svc("b", "SPORTS", "VP1")], [item("i", "SN1", "STB-4K", "VP1")]
     )
     decision = plan(state, event("ADD_SERVICE", sub2), PROVIDER)
-    assert decision.requests == ()
-    assert [(j.code, j.type, j.product_ids, j.device_id) for j in decision.rejections] == [
-        (RejectionCode.ACCOUNT_NOT_REGISTERED, ACTIVATE, ("1002",), None),
-        (RejectionCode.ACCOUNT_NOT_REGISTERED, ADD_DEVICE, (), "SN1"),
+    # Exactly like a new account: ADD_USER once, then everything the account should hold.
+    assert summary(decision.requests) == [
+        (ADD_USER, "VP1", None, None),
+        (ADD_DEVICE, "VP1", None, ("SN1", "SET_TOP_BOX")),
+        (ACTIVATE, "VP1", None, ("1001", "1002")),
     ]
+    assert decision.requests[0].profile is not None
+    assert decision.rejections == ()
+    vp1 = decision.state.accounts["VP1"]
+    assert (vp1.registered, vp1.registration_rejected) == (True, False)
+
+    # Refused again: the next action that wants the account tries again (once per event).
+    again_refused = apply_result(
+        decision.state,
+        result_of(decision.requests[0], LifeCycleState.REJECTED, error_code="ICAREUS_REJECTED"),
+    )
+    assert again_refused.accounts["VP1"].registration_rejected
+    sub3 = subscription(3, [*sub2.services, svc("c", "MOVIES", "VP1")], sub2.installed_items)
+    third = plan(again_refused, event("ADD_SERVICE", sub3), PROVIDER)
+    assert [r.type for r in third.requests] == [ADD_USER, ADD_DEVICE, ACTIVATE]
+    assert third.requests[2].product_ids == ("1001", "1002", "1003")
+
+    # This time Icareus registers it: the user id is recorded, the refusal is history.
+    done = apply_result(
+        third.state,
+        result_of(third.requests[0], LifeCycleState.COMPLETED, reference_number="u-9"),
+    )
+    vp1 = done.accounts["VP1"]
+    assert (vp1.registered, vp1.registration_rejected, vp1.user_id) == (True, False, "u-9")
+    assert vp1.products == frozenset({"1001", "1002", "1003"}) and vp1.devices == {
+        "SN1": "SET_TOP_BOX"
+    }
+
+
+@pytest.mark.parametrize("action", ["REMOVE_SERVICE", "TERMINATE_SUBSCRIPTION"])
+def test_an_action_that_only_removes_things_from_an_unregistered_account_is_rejected_account_not_registered(  # noqa: E501
+    action: str,
+) -> None:
+    """Nothing is left to register the account for, and what the action took away from it
+    cannot be sent: ACCOUNT_NOT_REGISTERED, reported once, for what the action changed."""
+    sub1 = subscription(
+        1,
+        [svc("a", "BASIC-TV", "VP1"), svc("b", "SPORTS", "VP1"), svc("c", "BASIC-TV", "VP2")],
+        [item("i", "SN1", "STB-4K", "VP1")],
+    )
+    first = plan(None, event("BECOME_SUBSCRIBER", sub1), PROVIDER)
+    state = first.state
+    for r in first.requests:
+        if r.distributor == "VP1":
+            state = apply_result(state, result_of(r, LifeCycleState.REJECTED))
+        elif r.type is ADD_USER:
+            state = apply_result(
+                state, result_of(r, LifeCycleState.COMPLETED, reference_number="u-VP2")
+            )
+    if action == "REMOVE_SERVICE":
+        sub2 = subscription(
+            2,
+            [
+                svc("a", "BASIC-TV", "VP1", ServiceState.REMOVED),
+                svc("b", "SPORTS", "VP1", ServiceState.REMOVED),
+                svc("c", "BASIC-TV", "VP2"),
+            ],
+        )
+        expected_requests: list[tuple[object, ...]] = []
+    else:
+        sub2 = subscription(
+            2, sub1.services, sub1.installed_items, state=SubscriptionState.CANCELLED
+        )
+        expected_requests = [
+            (CANCEL, "VP2", "u-VP2", ("1001",)),
+            (REMOVE_USER, "VP2", "u-VP2", None),
+        ]
+    decision = plan(state, event(action, sub2), PROVIDER)
+
+    assert summary(decision.requests) == expected_requests
+    assert [
+        (j.code, j.type, j.distributor, j.user_id, j.product_ids, j.device_id, j.device_type)
+        for j in decision.rejections
+    ] == [
+        (
+            RejectionCode.ACCOUNT_NOT_REGISTERED,
+            REMOVE_DEVICE,
+            "VP1",
+            None,
+            (),
+            "SN1",
+            "SET_TOP_BOX",
+        ),
+        (RejectionCode.ACCOUNT_NOT_REGISTERED, CANCEL, "VP1", None, ("1001", "1002"), None, None),
+    ]
+    assert decision.rejections[0].account_key == f"{SUB_NUMBER}-VP1"
+    if action == "TERMINATE_SUBSCRIPTION":
+        assert decision.state.accounts == {}  # forgotten with the rest
+        return
+    vp1 = decision.state.accounts["VP1"]
+    assert (vp1.registered, vp1.registration_rejected) == (False, True)
+    # Reported once: a later action that changes nothing on VP1 reports nothing there.
+    sub3 = subscription(3, [*sub2.services, svc("d", "SPORTS", "VP2")])
+    later = plan(decision.state, event("ADD_SERVICE", sub3), PROVIDER)
+    assert later.rejections == ()
+    assert summary(later.requests) == [(ACTIVATE, "VP2", "u-VP2", ("1002",))]
 
 
 # --- staleness and repeats ------------------------------------------------------------------

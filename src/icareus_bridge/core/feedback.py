@@ -23,8 +23,8 @@ def apply_result(state: SubscriptionRecord, result: ProvisioningResult) -> Subsc
     `plan` already assumed every request completes, so a COMPLETED result only adds what was
     unknown then: the user id of a completed ADD_USER (`reference_number`). A REJECTED result
     undoes its request's assumption:
-      - ADD_USER: the account is not registered (and not registered again until a reset); it
-        holds no products or devices;
+      - ADD_USER: the account is not registered (`registration_rejected`); it holds no products
+        or devices; the next event that wants something of it plans ADD_USER again;
       - ACTIVATE_PRODUCTS / ADD_DEVICE: those products / that device are not held;
       - CANCEL_PRODUCTS / REMOVE_DEVICE / REMOVE_USER: they are still held (the account is
         brought back if the plan had dropped it).

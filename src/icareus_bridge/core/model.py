@@ -168,7 +168,8 @@ class AccountState(_Frozen):
 
     `registered` means Icareus holds (or, with a pending ADD_USER, will hold) the user;
     `user_id` is None until the ADD_USER result is fed back. `registration_rejected` is set when
-    Icareus refused ADD_USER: the account is then not registered again until a reset."""
+    Icareus refused ADD_USER: the account stays not registered until an event wants something
+    of it again, which plans ADD_USER again (see docs/CORE.md, "refused registration")."""
 
     distributor: str
     account_key: str

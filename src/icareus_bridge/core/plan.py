@@ -188,6 +188,7 @@ class _Wants:
         self.problems: list[tuple[RejectionCode, RequestType, str, str]] = []
         self._before_s: set[tuple[str, str | None, str]] | None = None
         self._before_i: set[tuple[str, str | None, str, str]] | None = None
+        self._before: _Wants | None = None
         if sub.state not in TERMINATED_SUBSCRIPTION_STATES:
             self._collect(view)
 
@@ -204,6 +205,14 @@ class _Wants:
         if self._before_i is None:
             self._before_i = _item_keys(self.previous)
         return (i.id, i.distributor, i.serial_number, i.physical_good_code) not in self._before_i
+
+    def before(self, view: _ProviderView) -> _Wants | None:
+        """What the previous snapshot wanted (None without one, as for a reset)."""
+        if self.previous is None:
+            return None
+        if self._before is None:
+            self._before = _Wants(self.previous, None, view)
+        return self._before
 
     def touched_products(self, d: str, view: _ProviderView) -> set[str]:
         if d not in self.products:
@@ -420,13 +429,15 @@ def plan(
     wanted_devices = wants.devices
     for d in order:
         acc = known.get(d)
-        if terminated and (acc is None or not acc.registered):
-            continue  # nothing in Icareus to remove; the account is forgotten with the rest
+        if terminated and acc is None:
+            continue  # nothing in Icareus to remove
         key = acc.account_key if acc is not None else f"{number}-{d}"
         target_products: set[str] | frozenset[str] = wanted_products.get(d, _NOTHING)
         target_devices = wanted_devices.get(d, _NO_DEVICES)
-        if acc is None or (not acc.registered and not acc.registration_rejected):
-            # Registered by this plan; its user id arrives later through feedback.
+        if acc is None or (not acc.registered and (target_products or target_devices)):
+            # A new account, or one whose ADD_USER was refused and that this event still wants
+            # something of: registered by this plan (at most once per event) and provisioned
+            # like a new account; its user id arrives later through feedback.
             add_users.append((_ADD_USER, d, key, None, (), None, None))
             acc = _account(
                 {
@@ -440,34 +451,41 @@ def plan(
                 }
             )
         if not acc.registered:
-            # Its ADD_USER was refused: nothing can be sent until a reset registers it again.
-            accounts[d] = acc
-            touched_p = wants.touched_products(d, view) - acc.products
+            # Not registered (its ADD_USER was refused) and nothing left to register it for:
+            # what this event took away from it cannot be sent (ACCOUNT_NOT_REGISTERED, once:
+            # only what the previous snapshot still wanted there). Termination forgets it.
+            if not terminated:
+                accounts[d] = acc
+            before = wants.before(view)
+            if before is None:
+                continue
             not_registered = f"account {key} is not registered in Icareus"
-            if touched_p:
+            gone_devices = before.devices.get(d, _NO_DEVICES)
+            for serial in sorted(gone_devices):
                 rejected.append(
                     (
-                        _ACTIVATE_PRODUCTS,
-                        d,
-                        key,
-                        None,
-                        _ordered(touched_p, view),
-                        None,
-                        None,
-                        RejectionCode.ACCOUNT_NOT_REGISTERED,
-                        not_registered,
-                    )
-                )
-            for serial in sorted(wants.touched_devices(d)):
-                rejected.append(
-                    (
-                        _ADD_DEVICE,
+                        _REMOVE_DEVICE,
                         d,
                         key,
                         None,
                         (),
                         serial,
-                        target_devices[serial],
+                        gone_devices[serial],
+                        RejectionCode.ACCOUNT_NOT_REGISTERED,
+                        not_registered,
+                    )
+                )
+            gone_products = before.products.get(d)
+            if gone_products:
+                rejected.append(
+                    (
+                        _CANCEL_PRODUCTS,
+                        d,
+                        key,
+                        None,
+                        _ordered(gone_products, view),
+                        None,
+                        None,
                         RejectionCode.ACCOUNT_NOT_REGISTERED,
                         not_registered,
                     )
