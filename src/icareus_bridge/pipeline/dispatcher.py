@@ -605,13 +605,12 @@ class Dispatcher:
         rec = item.record
         now = self.clock_ms()
         attempts, first, last, status, excerpt = 0, None, None, None, None
-        cause = error
-        if isinstance(cause, IcareusError):
-            attempts = cause.attempts
-            first = int(cause.first_failure_at * 1000)
-            last = int(cause.last_failure_at * 1000)
-            status = cause.http_status
-            excerpt = cause.response_excerpt or None
+        if isinstance(error, IcareusError):
+            attempts = error.attempts
+            first = int(error.first_failure_at * 1000)
+            last = int(error.last_failure_at * 1000)
+            status = error.http_status
+            excerpt = error.response_excerpt or None
         headers = dead_letter_headers(
             cast(Stage, stage),
             reason,
