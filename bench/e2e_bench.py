@@ -665,7 +665,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    cores = f"{os.cpu_count()} cpu shared with other work (noisy)"
+    cores = f"{os.cpu_count()} cpu shared by broker, simulator, bridge and load generator"
     return f"{cpu}, {cores}, Python {platform.python_version()}"
 
 
@@ -683,7 +683,8 @@ NOTES_TEMPLATE = """\
   to the result record's timestamp. Naive baseline: a planner-only bridge with
   `bench/naive_baseline.py` as the dispatcher (consume one request, call, produce the result,
   commit), {naive_seconds:.0f} s of the same service changes.
-- **Noisy: the 2 CPUs were shared** with other benchmarks and test runs (load average
+- **One machine, 2 CPUs** shared by the broker, the simulator, the bridge and the load
+  generator (load average
   {load_min:.1f}-{load_max:.1f} while measured). Neither the bridge nor the simulator used a
   full core (per run in bench/out/e2e_bench.txt), yet Icareus calls that the simulator answers
   after 20 ms took {call_min:.0f}-{call_max:.0f} ms on average inside the bridge: the processes
@@ -698,9 +699,12 @@ NOTES_TEMPLATE = """\
   call and the result. A result's timestamp is its produce time; CRM reads it once the
   dispatcher's transaction commits (`dispatcher.commit_interval_ms` = 100 ms), which this
   figure does not include.
-- The first start of a bridge on freshly created topics sometimes fails in the planner's state
-  restore (`NOT_LEADER_FOR_PARTITION` from `get_watermark_offsets` while partition leaders are
-  still being elected); the benchmark then starts it once more.
+- Where the latency goes beyond the planner: the dispatcher's transaction commit (results and
+  offsets together, every `dispatcher.commit_interval_ms`) took 85-111 ms on average in these
+  runs (`bridge metrics` lines in bench/out/e2e_bench.txt), on top of the 100 ms commit
+  interval; the commit's thread competes for the interpreter with the asyncio loop that runs
+  the calls. Shorter intervals (20 ms for both stages, tried once) did not help: batches are
+  then bounded by count, and the commit cost stays.
 """
 
 NOTES_START = "<!-- e2e notes: rewritten by bench/e2e_bench.py -->"
