@@ -1,6 +1,7 @@
 """The Checkpoint against the real broker: a batch's output, its last state write per key and
-its offsets become visible together; offsets alone are committed too; a fenced producer fails
-fatally and the batch is read again."""
+its offsets become visible together; offsets alone are committed too; an abortable failure
+aborts and the batch is read again; a fenced producer fails fatally and the batch is read
+again."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from icareus_bridge.config import KafkaSettings
 from icareus_bridge.kafka import clients
-from icareus_bridge.kafka.checkpoint import Checkpoint, OutboundRecord, TransactionFatal
+from icareus_bridge.kafka.checkpoint import (
+    Checkpoint,
+    OutboundRecord,
+    TransactionAborted,
+    TransactionFatal,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -125,6 +131,45 @@ def test_offsets_alone_are_committed_in_a_transaction_too(
         consumer.close()
     assert _committed(kafka_bootstrap, group, source, 0) == 1
     assert _read_committed(kafka_bootstrap, state, 1) == []
+
+
+def test_an_abortable_failure_aborts_and_the_batch_is_read_again_from_its_start(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    source, sink = make_topic("cp-in"), make_topic("cp-out")
+    state = make_topic("cp-state", compacted=True)
+    group = _unique("cp")
+    _fill(kafka_bootstrap, source, 0, [b"e0", b"e1", b"e2"])
+    consumer = _group_consumer(kafka_bootstrap, group)
+    producer = clients.transactional_producer(_kafka(kafka_bootstrap), _unique("cp-tx"))
+    try:
+        # A batch is committed, so the failing one does not start at offset 0.
+        cp = Checkpoint(producer, consumer, state)
+        [first, *batch] = _consume(consumer, source, 3)
+        cp.produce(OutboundRecord(sink, b"a", first.value(), partition=0))
+        cp.mark_processed(first.topic(), first.partition(), first.offset())
+        cp.commit()
+        cp = Checkpoint(producer, consumer, state)
+        for msg in batch:
+            cp.produce(OutboundRecord(sink, b"a", msg.value(), partition=0))
+            cp.put_state(0, b"a", msg.value())
+            cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
+        # A compacted topic refuses a record without a key: the broker fails its delivery, and
+        # a transaction holding a failed record can only be aborted (abortable, not fatal).
+        cp.produce(OutboundRecord(state, None, b"no key", partition=0))
+        with pytest.raises(TransactionAborted):
+            cp.commit()
+        again = _consume(consumer, source, 2)
+        # The producer is still usable: the next checkpoint commits.
+        cp = Checkpoint(producer, consumer, state)
+        cp.produce(OutboundRecord(sink, b"a", b"after", partition=0))
+        cp.commit()
+    finally:
+        consumer.close()
+    assert [m.offset() for m in again] == [1, 2]
+    assert _read_committed(kafka_bootstrap, sink, 1) == [(0, b"a", b"e0"), (0, b"a", b"after")]
+    assert _read_committed(kafka_bootstrap, state, 1) == []
+    assert _committed(kafka_bootstrap, group, source, 0) == 1
 
 
 def test_a_fenced_producer_fails_fatally_and_the_batch_is_read_again(
