@@ -160,16 +160,24 @@ def test_an_abortable_failure_aborts_and_the_batch_is_read_again_from_its_start(
         with pytest.raises(TransactionAborted):
             cp.commit()
         again = _consume(consumer, source, 2)
-        # The producer is still usable: the next checkpoint commits.
+        # The producer is still usable: the batch read again is committed. (Not to the state
+        # partition whose batch the broker refused: with librdkafka 2.16.0 the next transaction
+        # writing there fails with OUT_OF_ORDER_SEQUENCE_NUMBER; not covered here.)
         cp = Checkpoint(producer, consumer, state)
-        cp.produce(OutboundRecord(sink, b"a", b"after", partition=0))
+        for msg in again:
+            cp.produce(OutboundRecord(sink, b"a", msg.value(), partition=0))
+            cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
         cp.commit()
     finally:
         consumer.close()
     assert [m.offset() for m in again] == [1, 2]
-    assert _read_committed(kafka_bootstrap, sink, 1) == [(0, b"a", b"e0"), (0, b"a", b"after")]
+    assert _read_committed(kafka_bootstrap, sink, 1) == [
+        (0, b"a", b"e0"),
+        (0, b"a", b"e1"),
+        (0, b"a", b"e2"),
+    ]
     assert _read_committed(kafka_bootstrap, state, 1) == []
-    assert _committed(kafka_bootstrap, group, source, 0) == 1
+    assert _committed(kafka_bootstrap, group, source, 0) == 3
 
 
 def test_a_fenced_producer_fails_fatally_and_the_batch_is_read_again(
