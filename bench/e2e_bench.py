@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -42,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+
+import machine_info  # bench/machine_info.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools" / "kafka"))
@@ -657,16 +658,7 @@ def icareus_ceiling(path: Path | None) -> dict[str, float]:
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = f"{os.cpu_count()} cpu shared by broker, simulator, bridge and load generator"
-    return f"{cpu}, {cores}, Python {platform.python_version()}"
+    return machine_info.describe("shared by broker, simulator, bridge and load generator")
 
 
 NOTES_TEMPLATE = """\

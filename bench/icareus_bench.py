@@ -36,6 +36,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+import machine_info  # bench/machine_info.py, beside this script
 from icareus_bridge.config import DEFAULT_OPERATION_PARAMS, IcareusSettings, RetrySettings
 from icareus_bridge.icareus.client import IcareusClient
 from icareus_bridge.icareus.signing import sign
@@ -48,15 +49,7 @@ LOAD_CPU = 1
 
 
 def machine() -> str:
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
+    return f"{os.cpu_count()} cores, {machine_info.cpu_model()}, Python {platform.python_version()}"
 
 
 # --- the client load (runs in its own pinned process) -------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import random
 import statistics
 import sys
@@ -22,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+import machine_info  # bench/machine_info.py, beside this script
 from icareus_bridge.codec import Codec
 from icareus_bridge.config import ProviderSettings, load_settings
 from icareus_bridge.core.model import (
@@ -228,15 +228,7 @@ def split(codec: Codec, encoded: list[bytes], provider: ProviderSettings) -> tup
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cpu, Python {platform.python_version()}, 1 core pinned"
+    return machine_info.describe("1 core pinned")
 
 
 def record(

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import machine_info  # bench/machine_info.py, beside this script
 from icareus_bridge.codec import STATE, Codec, state_to_avro
 from icareus_bridge.config import Settings
 from icareus_bridge.core.feedback import apply_result
@@ -426,13 +426,7 @@ def restore_once(bootstrap: str, topic: str) -> dict[str, Any]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cpu, Python {platform.python_version()}, broker on same host"
+    return machine_info.describe("broker on same host")
 
 
 def record(name: str, command: str, median: str, target: str, notes: str) -> None:
