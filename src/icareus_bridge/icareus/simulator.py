@@ -392,24 +392,30 @@ class IcareusSimulator:
             return ids, _error("PRODUCT_NOT_FOUND", f"unknown product ids: {','.join(unknown)}")
         return ids, None
 
-    def _activate_products(self, spec: _Spec, form: dict[str, str]) -> tuple[Answer, bool]:
+    def _user_products(
+        self, spec: _Spec, form: Mapping[str, str]
+    ) -> tuple[SimUser, list[str]] | Answer:
+        """The user and product ids of an activate/cancel call, or the refusal to answer."""
         user = self._user(spec, form)
         if user is None:
-            return _error("USER_NOT_FOUND", "no such user"), False
+            return _error("USER_NOT_FOUND", "no such user")
         ids, refused = self._products(spec, form)
-        if refused is not None:
-            return refused, False
+        return refused if refused is not None else (user, ids)
+
+    def _activate_products(self, spec: _Spec, form: dict[str, str]) -> tuple[Answer, bool]:
+        target = self._user_products(spec, form)
+        if isinstance(target, Answer):
+            return target, False
+        user, ids = target
         changed = not user.products.issuperset(ids)
         user.products.update(ids)
         return _OK, changed
 
     def _cancel_products(self, spec: _Spec, form: dict[str, str]) -> tuple[Answer, bool]:
-        user = self._user(spec, form)
-        if user is None:
-            return _error("USER_NOT_FOUND", "no such user"), False
-        ids, refused = self._products(spec, form)
-        if refused is not None:
-            return refused, False
+        target = self._user_products(spec, form)
+        if isinstance(target, Answer):
+            return target, False
+        user, ids = target
         changed = not user.products.isdisjoint(ids)
         user.products.difference_update(ids)
         return _OK, changed
