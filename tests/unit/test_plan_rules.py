@@ -11,7 +11,6 @@ from icareus_bridge.core.model import (
     ProvisioningRequest,
     ProvisioningResult,
     RejectionCode,
-    RequestType,
     ServiceState,
     SkipReason,
     Subscription,
@@ -20,14 +19,18 @@ from icareus_bridge.core.model import (
 )
 from icareus_bridge.core.plan import plan, request_id
 from tests.unit.crm_events import SUB_ID, SUB_NUMBER, event, item, provider, subscription, svc
-from tests.unit.test_plan_actions import BASE, PROVIDER, known, summary
-
-ADD_USER = RequestType.ADD_USER
-ACTIVATE = RequestType.ACTIVATE_PRODUCTS
-CANCEL = RequestType.CANCEL_PRODUCTS
-ADD_DEVICE = RequestType.ADD_DEVICE
-REMOVE_DEVICE = RequestType.REMOVE_DEVICE
-REMOVE_USER = RequestType.REMOVE_USER
+from tests.unit.test_plan_actions import (
+    ACTIVATE,
+    ADD_DEVICE,
+    ADD_USER,
+    BASE,
+    CANCEL,
+    PROVIDER,
+    REMOVE_DEVICE,
+    REMOVE_USER,
+    known,
+    summary,
+)
 
 
 def result_of(r: ProvisioningRequest, state: LifeCycleState, **kw: object) -> ProvisioningResult:
