@@ -360,3 +360,26 @@ def test_explain_says_a_file_is_not_utf8_instead_of_a_traceback(
     code, out, err = explain(capsys, *args)
     assert (code, out) == (2, "")
     assert f"{option}: {latin1} is not UTF-8 text" in err
+
+
+def test_explain_applies_the_limits_of_its_config_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "config" / "bridge.yaml").read_text()
+    )
+    config["limits"]["max_event_bytes"] = 200  # the example's Avro encoding is larger
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, out, err = explain(capsys, "--event", str(FIRST_EXAMPLE), "--config", str(path))
+    assert (code, out) == (2, "")
+    assert "more than limits.max_event_bytes (200)" in err
+
+
+def test_explain_applies_a_limit_set_in_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ICAREUS_BRIDGE__LIMITS__MAX_SERVICES", "3")
+    code, _, err = explain(capsys, "--event", str(FIRST_EXAMPLE))  # it has 4 services
+    assert code == 2
+    assert "field subscription.services: 4 services, more than limits.max_services (3)" in err
