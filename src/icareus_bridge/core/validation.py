@@ -58,14 +58,49 @@ def _strings(event: LifecycleEvent) -> Iterator[tuple[str, str | None]]:
         yield f"subscription.installed_items.{n}.distributor", item.distributor
 
 
+def _longest(event: LifecycleEvent) -> int:
+    """The length of the longest string of the event (the hot path: no field paths built)."""
+    sub = event.subscription
+    p = sub.subscriber
+    longest = max(
+        len(event.event_id),
+        len(event.action.code),
+        len(event.action.classification or ""),
+        len(sub.id),
+        len(sub.number),
+        len(p.account_number),
+        len(p.first_name),
+        len(p.last_name),
+        len(p.email or ""),
+        len(p.phone or ""),
+        len(p.country_code or ""),
+        len(p.postal_code or ""),
+        len(p.city or ""),
+    )
+    for svc in sub.services:
+        n = max(len(svc.id), len(svc.product_code), len(svc.distributor or ""))
+        if n > longest:
+            longest = n
+    for item in sub.installed_items:
+        n = max(
+            len(item.id),
+            len(item.serial_number),
+            len(item.physical_good_code),
+            len(item.distributor or ""),
+        )
+        if n > longest:
+            longest = n
+    return longest
+
+
 def check_event(event: LifecycleEvent, limits: LimitSettings) -> LifecycleEvent:
     """The event itself if it can be planned; else `DecodeError(INVALID)` naming the field.
 
     1. Longs within Avro's long (int64); the version not negative.
-    2. Identifiers not blank: event id, subscription id and number (the number makes every
+    2. Within `limits`: services, installed items, characters of any string.
+    3. Identifiers not blank: event id, subscription id and number (the number makes every
        account key), and every serial number (it is the Icareus device id).
-    3. No serial number twice: one box cannot be installed in two rooms.
-    4. Within `limits`: services, installed items, characters of any string."""
+    4. No serial number twice: one box cannot be installed in two rooms."""
     sub = event.subscription
     for field, value in (("occurred_at", event.occurred_at), ("subscription.version", sub.version)):
         if not INT64_MIN <= value <= INT64_MAX:
@@ -78,42 +113,47 @@ def check_event(event: LifecycleEvent, limits: LimitSettings) -> LifecycleEvent:
             "subscription.services",
             f"{len(sub.services)} services, more than limits.max_services ({limits.max_services})",
         )
-    if len(sub.installed_items) > limits.max_installed_items:
+    items = sub.installed_items
+    if len(items) > limits.max_installed_items:
         raise _invalid(
             "subscription.installed_items",
-            f"{len(sub.installed_items)} installed items, more than "
+            f"{len(items)} installed items, more than "
             f"limits.max_installed_items ({limits.max_installed_items})",
         )
-    longest = limits.max_string_length
-    for field, text in _strings(event):
-        if text is not None and len(text) > longest:
-            raise _invalid(
-                field,
-                f"{len(text)} characters, more than limits.max_string_length ({longest})",
-            )
+    most = limits.max_string_length
+    if _longest(event) > most:
+        for field, text in _strings(event):
+            if text is not None and len(text) > most:
+                raise _invalid(
+                    field, f"{len(text)} characters, more than limits.max_string_length ({most})"
+                )
 
     for field, text in (
         ("event_id", event.event_id),
         ("subscription.id", sub.id),
         ("subscription.number", sub.number),
     ):
-        if not text.strip():
+        if not text or text.isspace():
             raise _invalid(field, "must not be empty")
-    first_of: dict[str, int] = {}
-    for n, item in enumerate(sub.installed_items):
-        field = f"subscription.installed_items.{n}.serial_number"
-        serial = item.serial_number
-        if not serial.strip():
-            raise _invalid(field, f"installed item {item.id}: serial number must not be empty")
-        if serial in first_of:
-            other = sub.installed_items[first_of[serial]]
+    for n, item in enumerate(items):
+        if not item.serial_number or item.serial_number.isspace():
             raise _invalid(
-                field,
-                f"serial number {serial} of installed item {item.id} is also installed item "
-                f"{other.id} (installed_items.{first_of[serial]}): one device cannot be in "
-                "two places",
+                f"subscription.installed_items.{n}.serial_number",
+                f"installed item {item.id}: serial number must not be empty",
             )
-        first_of[serial] = n
+    if len(items) > 1 and len({i.serial_number for i in items}) < len(items):
+        first_of: dict[str, int] = {}
+        for n, item in enumerate(items):
+            serial = item.serial_number
+            if serial in first_of:
+                other = items[first_of[serial]]
+                raise _invalid(
+                    f"subscription.installed_items.{n}.serial_number",
+                    f"serial number {serial} of installed item {item.id} is also installed "
+                    f"item {other.id} (installed_items.{first_of[serial]}): one device cannot "
+                    "be in two places",
+                )
+            first_of[serial] = n
     return event
 
 
