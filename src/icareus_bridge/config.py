@@ -175,6 +175,16 @@ class ProviderSettings(_Section):
         return self
 
 
+class LimitSettings(_Section):
+    """What one CRM event may hold; beyond it the event is refused at validation (DLQ, reason
+    INVALID) instead of being planned into thousands of requests. See docs/CORE.md, "Limits"."""
+
+    max_event_bytes: int = Field(default=1_048_576, ge=1)  # the encoded record value
+    max_services: int = Field(default=200, ge=0)
+    max_installed_items: int = Field(default=50, ge=0)
+    max_string_length: int = Field(default=1024, ge=1)  # characters, any string of the event
+
+
 class SchemaRegistrySettings(_Section):
     url: str = ""
     basic_auth_user_info: SecretStr | None = None
@@ -226,6 +236,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     icareus: IcareusSettings
     provider: ProviderSettings = Field(default_factory=ProviderSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
@@ -299,6 +310,7 @@ __all__ = [
     "Distributor",
     "IcareusSettings",
     "KafkaSettings",
+    "LimitSettings",
     "ProviderSettings",
     "Settings",
     "TopicSettings",

@@ -462,15 +462,13 @@ def test_an_outage_longer_than_the_retry_budget_ends_in_a_clear_transient_failur
     admin.set_faults(outage=True)
     retries: list[str] = []
     config = settings(sim, max_attempts=50, max_total_seconds=0.5)
-    started = time.monotonic()
     with pytest.raises(TransientIcareusError) as failed:
         run(config, lambda client: add_user(client), on_retry=retries.append)
-    took = time.monotonic() - started
     error = failed.value
     assert error.reason == "server_error" and error.http_status == 503
+    # The time budget ended the retries, not the attempt budget; none began past the budget.
     assert 2 <= error.attempts < 50 and len(retries) == error.attempts - 1
     assert error.last_failure_at - error.first_failure_at <= 0.5
-    assert took < 3.0
     assert "add_user" in str(error) and "503" in str(error)
     assert "Service unavailable" in error.response_excerpt
     assert admin.stats()["errors_injected"] == error.attempts

@@ -111,7 +111,8 @@ def event(
 ) -> LifecycleEvent:
     return LifecycleEvent(
         event_id=event_id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"{sub.id}/{sub.version}/{code}")),
-        occurred_at=1_764_000_000_000 + sub.version * 1000,
+        # One second per version, wrapped so that any version gives a time within an Avro long.
+        occurred_at=1_764_000_000_000 + sub.version % 1_000_000_000 * 1000,
         action=Action(code=code, classification=classification),
         subscription=sub,
     )

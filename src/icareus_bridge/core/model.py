@@ -5,9 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+# Every integer of the records is written as an Avro long or int: a value outside int64 cannot
+# be written (or read back as itself), so it is refused wherever a model is validated.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+Long = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
 class _Frozen(BaseModel):
@@ -134,7 +140,7 @@ class InstalledItem(_Frozen):
 class Subscription(_Frozen):
     id: str
     number: str
-    version: int
+    version: Long
     state: SubscriptionState
     subscriber: Subscriber
     services: tuple[Service, ...] = ()
@@ -143,7 +149,7 @@ class Subscription(_Frozen):
 
 class LifecycleEvent(_Frozen):
     event_id: str
-    occurred_at: int = Field(description="epoch milliseconds")
+    occurred_at: Long = Field(description="epoch milliseconds")
     action: Action
     subscription: Subscription
 
@@ -190,7 +196,7 @@ class SubscriptionRecord(_Frozen):
 
     subscription_id: str
     subscription_number: str = ""
-    last_version: int = -1
+    last_version: Long = -1
     last_event_id: str | None = None
     snapshot: Subscription | None = None
     # distributor code -> account, in order of first appearance (viewing-point order)
@@ -223,8 +229,8 @@ class ProvisioningRequest(_Frozen):
     account_key: str
     event_id: str
     action_code: str
-    sequence: int
-    created_at: int  # epoch ms (the event's occurred_at: plan reads no clock)
+    sequence: Long
+    created_at: Long  # epoch ms (the event's occurred_at: plan reads no clock)
     user_id: str | None = None  # known Icareus user id, None when ADD_USER is in the same plan
     product_ids: tuple[str, ...] = ()
     device_id: str | None = None
@@ -267,7 +273,7 @@ class Rejection(_Frozen):
     distributor: str
     account_key: str
     detail: str
-    sequence: int = 0
+    sequence: Long = 0
     user_id: str | None = None
     product_ids: tuple[str, ...] = ()
     device_id: str | None = None
@@ -312,10 +318,10 @@ class ProvisioningResult(_Frozen):
     reference_number: str | None = None  # the Icareus user id, where there is one
     request_payload: str | None = None  # JSON text, secrets and tokens removed
     response_payload: str | None = None  # JSON text, secrets and tokens removed
-    attempts: int = 0
-    created_at: int = 0  # epoch ms
-    executed_at: int | None = None  # epoch ms
-    sequence: int = 0
+    attempts: Long = 0
+    created_at: Long = 0  # epoch ms
+    executed_at: Long | None = None  # epoch ms
+    sequence: Long = 0
     user_id: str | None = None
     product_ids: tuple[str, ...] = ()
     device_id: str | None = None

@@ -368,6 +368,11 @@ def plan(
                 "parked_behind": None,
             }
         )
+    elif state.subscription_id != sub.id:
+        # A caller's mistake, never the event's: the state is looked up by the event's key.
+        raise ValueError(
+            f"state of subscription {state.subscription_id} given for an event of {sub.id}"
+        )
     elif not is_reset and state.last_event_id == event.event_id:
         return _decision(
             {

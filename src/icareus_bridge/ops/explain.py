@@ -11,10 +11,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from icareus_bridge.codec import DecodeError, validate_event_json
+from icareus_bridge.codec import DecodeError, default_codec, validate_event_json
 from icareus_bridge.config import load_settings
 from icareus_bridge.core.model import Decision, SubscriptionRecord
 from icareus_bridge.core.plan import plan
+from icareus_bridge.core.validation import check_event, check_event_size, check_state_of
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -46,6 +47,11 @@ def _read(path: Path, what: str) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise _BadInput(f"--{what}: cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise _BadInput(
+            f"--{what}: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start}); give the JSON as UTF-8"
+        ) from exc
 
 
 class _BadInput(Exception):
@@ -70,9 +76,18 @@ def _load_state(path: Path) -> SubscriptionRecord:
 
 
 def explain(event_text: str, state: SubscriptionRecord | None, config: Path | None) -> Decision:
-    """Validate the event (DecodeError naming the field if it breaks the schema) and plan it."""
-    event = validate_event_json(event_text)
-    return plan(state, event, load_settings(config).provider)
+    """Validate the event as the planner does (DecodeError naming the field if it breaks the
+    schema or a rule of core/validation.py, `limits` included) and plan it. The size limit
+    applies to the event's Avro encoding, the bytes the planner would read."""
+    settings = load_settings(config)
+    event = check_event(validate_event_json(event_text), settings.limits)
+    check_event_size(len(default_codec().encode_event(event)), settings.limits)
+    if state is not None:
+        try:
+            check_state_of(state, event)
+        except DecodeError as exc:
+            raise _BadInput(f"--state: {exc}") from exc
+    return plan(state, event, settings.provider)
 
 
 def main(args: argparse.Namespace) -> int:

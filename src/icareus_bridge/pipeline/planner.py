@@ -29,6 +29,7 @@ from icareus_bridge.core.model import (
     ProvisioningResult,
     SubscriptionRecord,
 )
+from icareus_bridge.core.validation import check_event, check_event_size
 from icareus_bridge.kafka import clients
 from icareus_bridge.kafka.checkpoint import (
     Checkpoint,
@@ -154,8 +155,10 @@ class PlannerLogic:
         """decode → validate → state lookup → plan → requests, rejections, new state."""
         if rec.value is None:
             return self._dead(rec, "decode", "NOT_AVRO", "record has no value", "")
+        limits = self.settings.limits
         try:
-            event = self.codec.decode_event(rec.value)
+            check_event_size(len(rec.value), limits)
+            event = check_event(self.codec.decode_event(rec.value), limits)
         except DecodeError as exc:
             return self._dead(rec, exc.stage, str(exc.reason), exc, "")
         sub = event.subscription
