@@ -435,3 +435,72 @@ def test_config_errors_exit_2_naming_the_key(rig: Rig, tmp_path: Path) -> None:
         env=_env(None),
     )
     assert out.returncode == 2 and "topics.dlq" in out.stderr
+
+
+def test_sigint_commits_what_it_holds_stops_with_130_and_a_rerun_finishes(rig: Rig) -> None:
+    n = 20
+    for i in range(n):
+        rig.dead_letter(f"S{i % 4}", f"r{i}", partition=i % PARTITIONS, reason="DISPATCH_FAILED")
+    proc = subprocess.Popen(
+        [str(BRIDGE), "replay", "--config", str(rig.config_path), "--rate", "6"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(None),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("replayed ")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    assert proc.returncode == 130, err
+    assert " interrupted: replayed " in out
+    stopped = len(read_all(rig.bootstrap, rig.topics["requests"]))
+    [run] = json_lines(rig.replay("--history", "--json").stdout)
+    assert run["status"] == "interrupted" and run["counts"]["replayed"] == stopped < n
+
+    assert rig.replay().returncode == 0
+    after = read_all(rig.bootstrap, rig.topics["requests"])
+    assert len(after) == n == len({hdr(m, "dlq.replay.of") for m in after})
+
+
+def test_a_terminal_gets_a_progress_bar(rig: Rig) -> None:
+    import pty
+
+    for i in range(3):
+        rig.dead_letter(f"S{i}", f"r{i}", partition=i % PARTITIONS)
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [str(BRIDGE), "replay", "--config", str(rig.config_path)],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            env=_env({"COLUMNS": "100", "TERM": "xterm"}),
+        )
+        os.close(follower)
+        follower = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        if follower >= 0:
+            os.close(follower)
+        os.close(leader)
+    screen = b"".join(chunks).decode(errors="replace")
+
+    assert proc.returncode == 0, proc.stderr
+    assert "replaying" in screen and "3/3" in screen
+    assert "replayed 3/3" not in screen  # the plain progress lines are for pipes
+    assert "replayed 3 of 3" in screen
