@@ -290,3 +290,14 @@ def test_a_bad_rate_is_a_usage_error_naming_rate(
 
     assert exit_info.value.code == 2
     assert "--rate" in capsys.readouterr().err
+
+
+def test_a_ledger_entry_counts_only_for_the_dead_letter_it_was_written_for() -> None:
+    # The DLQ topic was deleted and created again: a new dead letter sits at the same ref.
+    old = dead(0, "A", "a0", at=T0)
+    new = dead(0, "B", "b0", at=T0 + 86_400_000)
+    ledger = {old.ref: {"run_id": "r", "fp": old.fingerprint}}
+
+    assert rm.replayed_refs([old], ledger) == {old.ref}
+    assert rm.replayed_refs([new], ledger) == set()
+    assert rm.replayed_refs([new], {new.ref: {"run_id": "r"}}) == {new.ref}  # no fingerprint

@@ -42,7 +42,14 @@ from icareus_bridge.kafka.clients import (
     base_config,
     transactional_producer,
 )
-from icareus_bridge.ops.replay_model import DeadLetter, Filters, Selection, select, totals
+from icareus_bridge.ops.replay_model import (
+    DeadLetter,
+    Filters,
+    Selection,
+    replayed_refs,
+    select,
+    totals,
+)
 from icareus_bridge.pipeline.dead_letter import (
     iso_millis,
     parse_dead_letter_headers,
@@ -522,7 +529,7 @@ class Replayer:
         dead = read_dead_letters(s, topics[s.topics.dlq], codec)
         sel = select(
             dead,
-            set(ledger.replayed),
+            replayed_refs(dead, ledger.replayed),
             filters_of(self.args),
             max_replays=s.dlq.max_replays,
             force=self.args.force,
@@ -643,6 +650,7 @@ class Replayer:
             "run_id": self.run_id,
             "at": _now_iso(),
             "to": f"{d.original_topic}/{kwargs.get('partition', '-')}",
+            "fp": d.fingerprint,
         }
         self.producer.produce(
             self.settings.topics.replay_log,
@@ -710,7 +718,7 @@ def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         dead = read_dead_letters(settings, topics[settings.topics.dlq], codec)
         sel = select(
             dead,
-            set(ledger.replayed),
+            replayed_refs(dead, ledger.replayed),
             filters_of(args),
             max_replays=settings.dlq.max_replays,
             force=args.force,

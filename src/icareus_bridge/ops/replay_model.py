@@ -8,6 +8,7 @@ again comes back as a new DLQ record, so it has a new name and is replayable aga
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,20 @@ class DeadLetter:
     @property
     def ref(self) -> str:
         return f"{self.partition}@{self.offset}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Tells this dead letter from another at the same ref (a DLQ topic deleted and
+        created again starts its offsets anew): hash of key, value and failure headers."""
+        h = hashlib.sha256()
+        for part in (
+            self.key or b"",
+            self.value or b"",
+            self.headers.get(dl.LAST_FAILURE_AT, "").encode(),
+            self.headers.get(dl.ORIGINAL_OFFSET, "").encode(),
+        ):
+            h.update(len(part).to_bytes(8, "big") + part)
+        return h.hexdigest()[:16]
 
     @property
     def subscription_id(self) -> str:
@@ -218,6 +233,19 @@ def _parkers_first(group: list[DeadLetter]) -> list[DeadLetter]:
     return out
 
 
+def replayed_refs(
+    dead_letters: Iterable[DeadLetter], ledger: Mapping[str, Mapping[str, Any]]
+) -> set[str]:
+    """The refs of `dead_letters` that the ledger says were replayed: same ref and, when the
+    entry has one, the same fingerprint."""
+    out: set[str] = set()
+    for d in dead_letters:
+        entry = ledger.get(d.ref)
+        if entry is not None and entry.get("fp") in (None, d.fingerprint):
+            out.add(d.ref)
+    return out
+
+
 def select(
     dead_letters: Iterable[DeadLetter],
     replayed: set[str],
@@ -307,6 +335,7 @@ __all__ = [
     "Filters",
     "Selection",
     "replay_order",
+    "replayed_refs",
     "select",
     "totals",
 ]
