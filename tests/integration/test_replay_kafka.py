@@ -288,6 +288,8 @@ def test_replay_republishes_untouched_in_order_once_and_audits_the_run(rig: Rig)
     runs = json_lines(history.stdout)
     assert [r["counts"]["replayed"] for r in runs] == [4, 0, 1]
     assert all(r["status"] == "completed" and "@" in r["who"] and r["finished_at"] for r in runs)
+    [last] = json_lines(rig.replay("--history", "--json", "--limit", "1").stdout)
+    assert last["run_id"] == runs[-1]["run_id"]
     text = rig.replay("--history")
     assert text.stdout.count(" completed by ") == 3
 

@@ -673,10 +673,12 @@ class Replayer:
         )
         for d, reason in sel.refused:
             v = d.view(reason)
-            ident = v["request_id"] or v["event_id"] or "-"
+            ident = (
+                f"request={v['request_id']}" if v["request_id"] else f"event={v['event_id'] or '-'}"
+            )
             out.write(
                 f"  refused {v['dlq']} subscription={v['subscription_id'] or '-'} "
-                f"request={ident} stage={v['stage']} reason={v['reason']} "
+                f"{ident} stage={v['stage']} reason={v['reason']} "
                 f"replays={v['replay_count']}: {reason}{_hint(reason)}\n"
             )
         out.flush()
