@@ -506,3 +506,33 @@ def test_a_terminal_gets_a_progress_bar(rig: Rig) -> None:
     assert "replaying" in screen and "3/3" in screen
     assert "replayed 3/3" not in screen  # the plain progress lines are for pipes
     assert "replayed 3 of 3" in screen
+
+
+def test_a_second_run_fences_the_first_which_stops_with_4_and_nothing_goes_twice(
+    rig: Rig,
+) -> None:
+    n = 20
+    for i in range(n):
+        rig.dead_letter(f"S{i % 4}", f"r{i}", partition=i % PARTITIONS, reason="DISPATCH_FAILED")
+    slow = subprocess.Popen(
+        [str(BRIDGE), "replay", "--config", str(rig.config_path), "--rate", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(None),
+    )
+    try:
+        assert slow.stdout is not None
+        assert slow.stdout.readline().startswith("replayed ")
+        fast = rig.replay()
+        _, err = slow.communicate(timeout=60)
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.wait(timeout=10)
+
+    assert fast.returncode == 0, fast.stderr
+    assert slow.returncode == 4, err
+    assert rig.bootstrap in err and "run replay again" in err
+    after = read_all(rig.bootstrap, rig.topics["requests"])
+    assert len(after) == n == len({hdr(m, "dlq.replay.of") for m in after})
