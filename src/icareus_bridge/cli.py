@@ -40,6 +40,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _config_file(text: str) -> Path:
     # Checked while parsing, so every command (built or not) reports a bad --config the same way.
     path = Path(text)
@@ -103,16 +113,32 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--state", type=Path, default=None, metavar="FILE")
 
     replay = command("replay", "put dead letters back on their original topic")
-    replay.add_argument("--since", default=None, help="ISO-8601 time, dead letters from then on")
-    replay.add_argument("--until", default=None, help="ISO-8601 time, dead letters before then")
-    replay.add_argument("--subscription", default=None, metavar="ID")
-    replay.add_argument("--reason", default=None, help="only this dlq.reason code")
     replay.add_argument(
-        "--stage", choices=["decode", "validate", "plan", "dispatch"], default=None
+        "--since", default=None, help="ISO-8601 time: dead letters last failed then or later"
     )
-    replay.add_argument("--limit", type=_positive_int, default=None)
-    replay.add_argument("--rate", type=float, default=None, help="records per second at most")
-    replay.add_argument("--dry-run", action="store_true")
+    replay.add_argument(
+        "--until", default=None, help="ISO-8601 time: dead letters last failed before then"
+    )
+    replay.add_argument("--subscription", default=None, metavar="ID")
+    replay.add_argument(
+        "--request-id", default=None, metavar="ID", help="a request id (or event id)"
+    )
+    replay.add_argument("--reason", default=None, help="only this dlq.reason code")
+    replay.add_argument("--stage", choices=["decode", "validate", "plan", "dispatch"], default=None)
+    replay.add_argument("--limit", type=_positive_int, default=None, help="replay at most N")
+    replay.add_argument(
+        "--rate", type=_positive_float, default=None, help="records per second at most"
+    )
+    replay.add_argument("--dry-run", action="store_true", help="list, change nothing")
+    replay.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    replay.add_argument(
+        "--force",
+        action="store_true",
+        help="also replay stage decode/validate and dead letters past dlq.max_replays",
+    )
+    replay.add_argument(
+        "--history", action="store_true", help="list the audit records of earlier replay runs"
+    )
 
     archive = command("archive", "archive old provisioning requests, or search an archive")
     archive.add_argument("--older-than", type=_positive_int, default=None, metavar="DAYS")

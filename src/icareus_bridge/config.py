@@ -65,6 +65,8 @@ class TopicSettings(_Section):
     results: str = "icareus.provisioning.results.v1"
     dlq: str = "icareus.provisioning.dlq.v1"
     state: str = "icareus-bridge.state.v1"
+    # Compacted: which dead letters `replay` put back, and one audit record per replay run.
+    replay_log: str = "icareus-bridge.replay.v1"
 
 
 class RetrySettings(_Section):
@@ -216,6 +218,11 @@ class DispatcherSettings(_Section):
     max_queued: int = Field(default=2048, ge=1)
 
 
+class DlqSettings(_Section):
+    # Loop guard of `replay`: a dead letter already replayed this often is refused (--force).
+    max_replays: int = Field(default=3, ge=0)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "console"] = "json"
@@ -241,6 +248,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
+    dlq: DlqSettings = Field(default_factory=DlqSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod
