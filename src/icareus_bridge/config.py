@@ -429,8 +429,9 @@ def _format_validation_error(exc: ValidationError) -> str:
         message = err["msg"]
         cause = (err.get("ctx") or {}).get("error")
         paths = [loc]
+        if isinstance(cause, ValueError):
+            message = str(cause)  # without pydantic's "Value error, " in front
         if isinstance(cause, CrossCheckError):
-            message = str(cause)
             paths = [loc + tuple(k.split(".")) for k in cause.keys] or paths
         line = f"  {'.'.join(paths[0]) or '<root>'}: {message}"
         variables = _environment_variables(paths)
