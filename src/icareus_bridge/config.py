@@ -3,24 +3,51 @@ environment variables `ICAREUS_BRIDGE__<SECTION>__<KEY>`; built once at start an
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings.exceptions import SettingsError
 
 ENV_PREFIX = "ICAREUS_BRIDGE__"
+
+# The key of the embedded `config/bridge.yaml`: public, so it may only sign calls to a
+# simulator on this machine.
+DEMO_KEY = "local-simulator-key"
 
 
 class ConfigError(Exception):
     """A configuration that cannot be used; the message names the offending key."""
+
+
+class CrossCheckError(ValueError):
+    """A value that contradicts another. `keys` are the dotted keys involved, relative to the
+    section that checks them, the one to fix first: the error is reported under it, and each
+    key is traced to the environment variable that set it, if any."""
+
+    def __init__(self, message: str, *keys: str) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 class _Section(BaseModel):
@@ -60,13 +87,29 @@ class KafkaSettings(_Section):
 
 
 class TopicSettings(_Section):
-    input: str = "crm.subscription.lifecycle.v1"
-    requests: str = "icareus.provisioning.requests.v1"
-    results: str = "icareus.provisioning.results.v1"
-    dlq: str = "icareus.provisioning.dlq.v1"
-    state: str = "icareus-bridge.state.v1"
+    input: str = Field(default="crm.subscription.lifecycle.v1", min_length=1)
+    requests: str = Field(default="icareus.provisioning.requests.v1", min_length=1)
+    results: str = Field(default="icareus.provisioning.results.v1", min_length=1)
+    dlq: str = Field(default="icareus.provisioning.dlq.v1", min_length=1)
+    state: str = Field(default="icareus-bridge.state.v1", min_length=1)
     # Compacted: which dead letters `replay` put back, and one audit record per replay run.
-    replay_log: str = "icareus-bridge.replay.v1"
+    replay_log: str = Field(default="icareus-bridge.replay.v1", min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> TopicSettings:
+        # Two roles on one topic would read their own output as input (or compact results).
+        first_use: dict[str, str] = {}
+        for name in type(self).model_fields:
+            topic = getattr(self, name)
+            if topic in first_use:
+                raise CrossCheckError(
+                    f"{topic!r} is already topics.{first_use[topic]}: "
+                    "every topic needs a name of its own",
+                    name,
+                    first_use[topic],
+                )
+            first_use[topic] = name
+        return self
 
 
 class RetrySettings(_Section):
@@ -75,6 +118,17 @@ class RetrySettings(_Section):
     initial_backoff_seconds: float = Field(default=0.2, gt=0)
     max_backoff_seconds: float = Field(default=5.0, gt=0)
     jitter_seconds: float = Field(default=0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _backoff_grows(self) -> RetrySettings:
+        if self.initial_backoff_seconds > self.max_backoff_seconds:
+            raise CrossCheckError(
+                f"{self.initial_backoff_seconds} is more than icareus.retry.max_backoff_seconds "
+                f"({self.max_backoff_seconds}): the first wait cannot exceed the longest",
+                "initial_backoff_seconds",
+                "max_backoff_seconds",
+            )
+        return self
 
 
 class IcareusOperation(_Section):
@@ -138,21 +192,75 @@ class IcareusSettings(_Section):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     operations: dict[str, IcareusOperation] = Field(default_factory=_default_operations)
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError as exc:
+            raise ValueError(f"{value!r} has no valid port: {exc}") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+        return value
+
     @model_validator(mode="after")
-    def _one_key_source(self) -> IcareusSettings:
+    def _one_usable_key(self) -> IcareusSettings:
+        # Which source wins (environment over file) is settled before this runs, in
+        # `Settings.settings_customise_sources`: both here means both in one source.
+        if self.key is not None and self.key_file is not None:
+            raise CrossCheckError(
+                "set together with icareus.key_file in one source: set only one of them",
+                "key",
+                "key_file",
+            )
         if self.key is None and self.key_file is None:
             raise ValueError("one of icareus.key or icareus.key_file must be set")
+        if self.key is not None:
+            if not self.key.get_secret_value().strip():
+                raise CrossCheckError("is empty", "key")
+            key, source = self.key.get_secret_value(), "key"
+        else:
+            key, source = self._read_key_file(), "key_file"
+        host = urlsplit(self.base_url).hostname or ""
+        if key == DEMO_KEY and not _is_loopback(host):
+            raise CrossCheckError(
+                "holds the demo key of the embedded configuration, which signs calls to a "
+                f"simulator on this machine only, and icareus.base_url points at {host}: set "
+                f"the organization key with icareus.key_file (or {ENV_PREFIX}ICAREUS__KEY_FILE)",
+                source,
+                "base_url",
+            )
         return self
+
+    def _read_key_file(self) -> str:
+        assert self.key_file is not None
+        try:
+            key = self.key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CrossCheckError(f"cannot read {self.key_file}: {reason}", "key_file") from exc
+        if not key:
+            raise CrossCheckError(f"{self.key_file} is empty", "key_file")
+        return key
 
     def secret_key(self) -> str:
         """The organization key, read from `key` or `key_file`; never logged."""
         if self.key is not None:
             return self.key.get_secret_value()
-        assert self.key_file is not None
         try:
-            return self.key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"icareus.key_file: cannot read {self.key_file}: {exc}") from exc
+            return self._read_key_file()
+        except CrossCheckError as exc:
+            raise ConfigError(f"icareus.key_file: {exc}") from exc
+
+
+def _is_loopback(host: str) -> bool:
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Distributor(_Section):
@@ -174,6 +282,15 @@ class ProviderSettings(_Section):
         dupes = sorted({c for c in codes if codes.count(c) > 1})
         if dupes:
             raise ValueError(f"duplicate distributor codes: {', '.join(dupes)}")
+        for i, distributor in enumerate(self.distributors):
+            unmapped = [p for p in distributor.allowed_products if p not in self.service_mapping]
+            if unmapped:
+                raise CrossCheckError(
+                    f"{', '.join(unmapped)} (distributor {distributor.code}) not a product code "
+                    "of provider.service_mapping",
+                    f"distributors.{i}.allowed_products",
+                    "service_mapping",
+                )
         return self
 
 
@@ -261,7 +378,44 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the file: the file arrives as init arguments, so env goes first.
-        return (env_settings, init_settings)
+        return (
+            env_settings,
+            _FileKeyYieldsToEnvironment(settings_cls, init_settings, env_settings),
+        )
+
+
+class _FileKeyYieldsToEnvironment(PydanticBaseSettingsSource):
+    """The file's values, less its `icareus.key` and `icareus.key_file` when the environment
+    sets either: the sources are merged key by key, so without this a `key_file` from the
+    environment would sit beside the file's demo `key`, which would win."""
+
+    KEY_FIELDS = ("key", "key_file")
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        file_source: PydanticBaseSettingsSource,
+        env_source: PydanticBaseSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._file_source = file_source
+        self._env_source = env_source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._file_source()
+        from_env = self._env_source().get("icareus")
+        from_file = data.get("icareus")
+        if (
+            isinstance(from_env, dict)
+            and isinstance(from_file, dict)
+            and any(k in from_env for k in self.KEY_FIELDS)
+        ):
+            kept = {k: v for k, v in from_file.items() if k not in self.KEY_FIELDS}
+            data = {**data, "icareus": kept}
+        return data
 
 
 def default_config_path() -> Path:
@@ -272,11 +426,38 @@ def default_config_path() -> Path:
     return Path(str(resources.files("icareus_bridge").joinpath("bridge.yaml")))
 
 
+def _environment_variables(paths: Sequence[tuple[str, ...]]) -> list[str]:
+    """The set environment variables that gave a value at (or above) each key path: a bad value
+    from the environment is fixed there, not in the file."""
+    present = {name.upper(): name for name in os.environ}
+    found: list[str] = []
+    for path in paths:
+        for end in range(len(path), 0, -1):
+            name = present.get((ENV_PREFIX + "__".join(path[:end])).upper())
+            if name is not None:
+                if name not in found:
+                    found.append(name)
+                break
+    return found
+
+
 def _format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        lines.append(f"  {key}: {err['msg']}")
+        loc = tuple(str(p) for p in err["loc"])
+        message = err["msg"]
+        cause = (err.get("ctx") or {}).get("error")
+        paths = [loc]
+        if isinstance(cause, ValueError):
+            message = str(cause)  # without pydantic's "Value error, " in front
+        if isinstance(cause, CrossCheckError):
+            paths = [loc + tuple(k.split(".")) for k in cause.keys] or paths
+        line = f"  {'.'.join(paths[0]) or '<root>'}: {message}"
+        variables = _environment_variables(paths)
+        if variables:
+            noun = "variable" if len(variables) == 1 else "variables"
+            line += f" (from environment {noun} {', '.join(variables)})"
+        lines.append(line)
     return "invalid configuration:\n" + "\n".join(lines)
 
 
@@ -311,10 +492,23 @@ def load_settings(path: Path | str | None = None) -> Settings:
         return Settings(**raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from exc
+    except SettingsError as exc:  # a variable that should hold JSON (a section, a list) does not
+        section = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+        variables = sorted(
+            name
+            for name in os.environ
+            if name.upper().startswith(f"{ENV_PREFIX}{section.upper()}__")
+            or name.upper() == f"{ENV_PREFIX}{section.upper()}"
+        )
+        raise ConfigError(
+            f"{section or 'environment'}: {exc} (environment variables: {', '.join(variables)})"
+        ) from exc
 
 
 __all__ = [
+    "DEMO_KEY",
     "ConfigError",
+    "CrossCheckError",
     "Distributor",
     "IcareusSettings",
     "KafkaSettings",

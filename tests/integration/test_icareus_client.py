@@ -18,7 +18,11 @@ from pydantic import SecretStr
 from icareus_bridge.config import IcareusOperation, IcareusSettings, RetrySettings
 from icareus_bridge.core.model import ProvisioningRequest, RequestType, SubscriberProfile
 from icareus_bridge.icareus.client import CallResult, IcareusClient
-from icareus_bridge.icareus.errors import PermanentIcareusError, TransientIcareusError
+from icareus_bridge.icareus.errors import (
+    AuthIcareusError,
+    PermanentIcareusError,
+    TransientIcareusError,
+)
 from icareus_bridge.icareus.signing import sign
 from icareus_bridge.icareus.simulator import (
     SimulatorAdmin,
@@ -237,20 +241,25 @@ def test_send_maps_each_planned_request_to_its_call(
     [("wrong-key", ORG, 0.0), (KEY, "9999", 0.0), (KEY, ORG, 400.0), (KEY, ORG, -400.0)],
     ids=["wrong key", "wrong organization", "clock 400 s ahead", "clock 400 s behind"],
 )
-def test_a_badly_signed_call_is_refused_and_not_retried(
+def test_a_badly_signed_call_is_the_bridges_failure_retried_under_the_budget(
     sim: SimulatorHandle, admin: SimulatorAdmin, key: str, org: str, skew: float
 ) -> None:
+    refusals: list[AuthIcareusError] = []
+
     async def main() -> None:
-        config = settings(sim, key=key, org=org)
-        async with IcareusClient(config, clock=lambda: time.time() + skew) as client:
+        config = settings(sim, key=key, org=org, max_attempts=3)
+        async with IcareusClient(
+            config, clock=lambda: time.time() + skew, on_auth_failure=refusals.append
+        ) as client:
             await add_user(client)
 
-    with pytest.raises(PermanentIcareusError) as refused:
+    with pytest.raises(AuthIcareusError) as refused:
         asyncio.run(main())
-    assert refused.value.code == "INVALID_TOKEN"
+    assert not isinstance(refused.value, PermanentIcareusError)
+    assert refused.value.code == "INVALID_TOKEN" and refused.value.reason == "auth"
     assert refused.value.http_status == 200
-    assert refused.value.attempts == 1
-    assert admin.stats()["auth_failures"] == 1
+    assert refused.value.attempts == 3 == len(refusals)
+    assert admin.stats()["auth_failures"] == 3
     assert admin.state() == {"users": []}
 
 

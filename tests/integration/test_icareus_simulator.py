@@ -4,6 +4,9 @@ its catalogue and keys from the config, its admin API, its faults and its Icareu
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -118,6 +121,29 @@ def test_the_cli_simulator_accepts_signed_calls_and_refuses_unsigned_ones() -> N
     assert wrong_key.json()["code"] == "INVALID_TOKEN"
     assert faulty.status_code == 503
     assert stats["calls"] == 4 and stats["auth_failures"] == 2 and stats["errors_injected"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--port", "70000"], "--port"),
+        (["--port", "-1"], "--port"),
+        (["--host", "no such host.invalid"], "--host"),
+    ],
+)
+def test_the_cli_simulator_refuses_an_address_it_cannot_listen_on_without_a_traceback(
+    args: list[str], named: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "icareus_bridge.cli", "simulator", *args],
+        env={k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert named in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""
 
 
 def test_the_state_lists_users_with_their_products_and_devices(

@@ -15,6 +15,7 @@ from icareus_bridge.config import IcareusSettings, RetrySettings
 from icareus_bridge.icareus.client import IcareusClient
 from icareus_bridge.icareus.errors import (
     EXCERPT_MAX_BYTES,
+    AuthIcareusError,
     PermanentIcareusError,
     TransientIcareusError,
     classify,
@@ -51,7 +52,6 @@ def test_already_so_answers_are_success(operation: str, code: str) -> None:
     ("operation", "code"),
     [
         ("activate_products", "USER_NOT_FOUND"),
-        ("add_user", "INVALID_TOKEN"),
         ("add_device", "DEVICE_IN_USE"),
         ("remove_user", "USER_EXISTS"),
     ],
@@ -63,7 +63,29 @@ def test_other_status_errors_under_http_200_are_permanent(operation: str, code: 
     assert refused.value.http_status == 200
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+@pytest.mark.parametrize("operation", ["add_user", "remove_user", "get_user", "add_device"])
+@pytest.mark.parametrize("http_status", [200, 400, 401])
+def test_invalid_token_is_the_bridges_own_failure_retried_never_a_refusal(
+    operation: str, http_status: int
+) -> None:
+    answer = body(status="error", code="INVALID_TOKEN", message="invalid organization or token")
+    with pytest.raises(AuthIcareusError) as refused:
+        classify(operation, http_status, {}, answer)
+    assert isinstance(refused.value, TransientIcareusError)
+    assert not isinstance(refused.value, PermanentIcareusError)
+    assert refused.value.reason == "auth" and refused.value.code == "INVALID_TOKEN"
+    assert refused.value.http_status == http_status
+    assert "INVALID_TOKEN" in refused.value.response_excerpt
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_http_401_and_403_refuse_the_bridges_credentials(status: int) -> None:
+    with pytest.raises(AuthIcareusError) as refused:
+        classify("remove_device", status, {}, b"<html>no</html>")
+    assert refused.value.code == f"HTTP_{status}" and refused.value.reason == "auth"
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 422])
 def test_http_4xx_other_than_429_is_permanent(status: int) -> None:
     with pytest.raises(PermanentIcareusError) as refused:
         classify("remove_device", status, {}, b"<html>nope</html>")
@@ -174,6 +196,39 @@ def test_a_non_json_200_is_retried_and_then_a_transient_failure() -> None:
     assert failed.value.reason == "bad_body" and failed.value.attempts == 3
     assert [r.headers["Idempotency-Key"] for r in seen] == ["req-1"] * 3
     assert seen[0].url.params["action"] == "removeUser"
+
+
+def test_a_refused_signature_is_retried_and_each_refusal_reported() -> None:
+    seen: list[httpx.Request] = []
+    refusals: list[AuthIcareusError] = []
+    retries: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=body(status="error", code="INVALID_TOKEN"))
+
+    async def main() -> None:
+        settings = IcareusSettings(
+            base_url="http://icareus.test/api",
+            key=SecretStr("k"),
+            retry=RetrySettings(
+                max_attempts=3, initial_backoff_seconds=0.001, max_backoff_seconds=0.002
+            ),
+        )
+        client = IcareusClient(
+            settings,
+            transport=httpx.MockTransport(handler),
+            on_retry=retries.append,
+            on_auth_failure=refusals.append,
+        )
+        async with client:
+            await client.remove_user("42", idempotency_key="req-1")
+
+    with pytest.raises(AuthIcareusError) as failed:
+        asyncio.run(main())
+    assert failed.value.attempts == 3 and len(seen) == 3
+    assert len(refusals) == 3 and retries == ["auth", "auth"]
+    assert "k" not in {failed.value.message, failed.value.response_excerpt}
 
 
 def test_add_user_success_without_a_user_id_is_not_accepted() -> None:

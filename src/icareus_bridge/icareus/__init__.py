@@ -1,9 +1,11 @@
 """The Icareus Suite adapter: `IcareusClient` sends the provisioning calls; every failure is a
-`TransientIcareusError` (retried, then dead-lettered) or a `PermanentIcareusError` (rejected).
+`TransientIcareusError` (retried, then dead-lettered; `AuthIcareusError` when Icareus refuses
+the bridge's own credentials) or a `PermanentIcareusError` (rejected).
 The simulator lives in `icareus_bridge.icareus.simulator`."""
 
 from icareus_bridge.icareus.client import CallResult, IcareusClient, IcareusUser
 from icareus_bridge.icareus.errors import (
+    AuthIcareusError,
     IcareusError,
     Outcome,
     PermanentIcareusError,
@@ -12,6 +14,7 @@ from icareus_bridge.icareus.errors import (
 )
 
 __all__ = [
+    "AuthIcareusError",
     "CallResult",
     "IcareusClient",
     "IcareusError",

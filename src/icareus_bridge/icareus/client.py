@@ -20,6 +20,7 @@ from icareus_bridge.config import DEFAULT_OPERATION_PARAMS, IcareusSettings
 from icareus_bridge.core.model import ProvisioningRequest, RequestType, SubscriberProfile
 from icareus_bridge.icareus.errors import (
     REDACTED,
+    AuthIcareusError,
     IcareusError,
     Outcome,
     TransientIcareusError,
@@ -100,14 +101,17 @@ class _Answer:
 class IcareusClient:
     """Async Icareus Suite client; one per process (it owns the keep-alive connection pool).
 
-    `on_retry(reason)` is called before each retry (for metrics). `transport` replaces the
-    network, for unit tests only; `clock` gives Unix seconds for tokens."""
+    `on_retry(reason)` is called before each retry (for metrics); `on_auth_failure(error)` on
+    every attempt Icareus refuses for the bridge's credentials, as it happens (readiness and
+    metrics should not wait for the retry budget). `transport` replaces the network, for unit
+    tests only; `clock` gives Unix seconds for tokens."""
 
     def __init__(
         self,
         settings: IcareusSettings,
         *,
         on_retry: OnRetry | None = None,
+        on_auth_failure: Callable[[AuthIcareusError], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -115,6 +119,7 @@ class IcareusClient:
         self._key = settings.secret_key()
         self._org = settings.organization_id
         self._on_retry = on_retry
+        self._on_auth_failure = on_auth_failure
         self._clock = clock
         base = settings.base_url.rstrip("/")
         self._ops: dict[str, _Operation] = {}
@@ -296,8 +301,10 @@ class IcareusClient:
             outcome = classify(op.name, answer.status, answer.headers, answer.body)
             user_id, user = self._reference(op, answer, outcome)
             return answer, outcome, user_id, user
-        except IcareusError:
+        except IcareusError as exc:
             failures.append(time.time())
+            if isinstance(exc, AuthIcareusError) and self._on_auth_failure is not None:
+                self._on_auth_failure(exc)
             raise
 
     async def _attempt(

@@ -6,8 +6,10 @@ success (`Outcome`), a `TransientIcareusError` (retry it) or a `PermanentIcareus
 | JSON `status: ok`                                          | success                         |
 | `USER_EXISTS` on add_user (its userId adopted)             | success                         |
 | `USER_NOT_FOUND` on remove_user (and on get_user: no user) | success                         |
+| `INVALID_TOKEN` (any HTTP status), HTTP 401, HTTP 403      | auth (transient): the bridge's  |
+|                                                            | own key, org id or clock        |
 | any other `status: error`, also under HTTP 200             | permanent, Icareus' code        |
-| HTTP 4xx other than 429                                    | permanent, `HTTP_<status>`/code |
+| HTTP 4xx other than 401, 403, 429                          | permanent, `HTTP_<status>`/code |
 | HTTP 429 (Retry-After kept)                                | transient `throttled`           |
 | HTTP 5xx                                                   | transient `server_error`        |
 | a body that is not a JSON object with a status             | transient `bad_body`            |
@@ -28,7 +30,14 @@ from typing import Any, Literal
 import aiohttp
 import httpx
 
-TransientReason = Literal["connect", "timeout", "reset", "throttled", "server_error", "bad_body"]
+TransientReason = Literal[
+    "connect", "timeout", "reset", "throttled", "server_error", "bad_body", "auth"
+]
+
+# Icareus' refusals of the bridge's own credentials (organization id and signed token), and the
+# HTTP statuses that say the same: the bridge is at fault, never the request it carried.
+AUTH_CODES = frozenset({"INVALID_TOKEN"})
+AUTH_HTTP_STATUSES = frozenset({401, 403})
 
 EXCERPT_MAX_BYTES = 1024
 REDACTED = "<redacted>"
@@ -110,6 +119,31 @@ class TransientIcareusError(IcareusError):
         )
         self.reason: TransientReason = reason
         self.retry_after = retry_after
+
+
+class AuthIcareusError(TransientIcareusError):
+    """Icareus refused the bridge's credentials (`code`: INVALID_TOKEN, or `HTTP_401` /
+    `HTTP_403`): a wrong organization key or id, or a clock off by more than Icareus' window.
+    The fault is this bridge's, not the request's: it is retried like any transient failure
+    (reason `auth`) and never reported to CRM as a rejection."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str,
+        code: str,
+        http_status: int | None = None,
+        response_excerpt: str = "",
+    ) -> None:
+        super().__init__(
+            message,
+            operation=operation,
+            reason="auth",
+            http_status=http_status,
+            response_excerpt=response_excerpt,
+        )
+        self.code = code
 
 
 class PermanentIcareusError(IcareusError):
@@ -248,9 +282,20 @@ def classify(operation: str, http_status: int, headers: Mapping[str, str], body:
 
 def _refused(
     operation: str, code: str, message: str, http_status: int, body: bytes, parsed: Any
-) -> PermanentIcareusError:
-    """The refusal for Icareus' `code` and `message` (redacted here)."""
+) -> IcareusError:
+    """The refusal for Icareus' `code` and `message` (redacted here): of the bridge's own
+    credentials, or of the request."""
     message = redact(message)
+    if code in AUTH_CODES or http_status in AUTH_HTTP_STATUSES:
+        return AuthIcareusError(
+            f"Icareus refused the bridge's credentials on {operation}: {code} (HTTP "
+            f"{http_status}); check icareus.key or key_file, icareus.organization_id and "
+            "the clock",
+            operation=operation,
+            code=code,
+            http_status=http_status,
+            response_excerpt=response_excerpt(body, parsed),
+        )
     return PermanentIcareusError(
         f"Icareus refused {operation}: {code}"
         + (f": {message}" if message else "")
@@ -283,7 +328,10 @@ def from_transport_error(operation: str, exc: BaseException) -> TransientIcareus
 
 
 __all__ = [
+    "AUTH_CODES",
+    "AUTH_HTTP_STATUSES",
     "EXCERPT_MAX_BYTES",
+    "AuthIcareusError",
     "IcareusError",
     "Outcome",
     "PermanentIcareusError",

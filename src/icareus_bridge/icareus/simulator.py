@@ -777,8 +777,14 @@ def main(args: argparse.Namespace) -> int:
     # ready line, so a signal sent as soon as it appears is not lost.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_cleanly)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(
+            f"--port: must be between 0 and 65535 (0 = any free port), got {args.port}"
+        )
     try:
         sock = _bind(args.host, args.port)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host: cannot listen on {args.host!r}: {exc.strerror}") from exc
     except OSError as exc:
         print(
             f"icareus-bridge simulator: cannot listen on {args.host}:{args.port}: {exc}",

@@ -102,6 +102,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # No labels, so it is exported as 0 from the start and an alert on its rate works.
+        self.icareus_auth_failures = Counter(
+            "icareus_bridge_icareus_auth_failures",
+            "Icareus calls refused for the bridge's own credentials (INVALID_TOKEN: wrong "
+            "organization key or id, or clock skew; HTTP 401/403), every attempt counted.",
+            registry=r,
+        )
         self.parked_keys = Gauge(
             "icareus_bridge_parked_keys",
             "Subscription keys currently parked behind a dead-lettered request.",

@@ -35,7 +35,7 @@ from icareus_bridge.core.model import (
 )
 from icareus_bridge.core.plan import account_key, plan
 from icareus_bridge.icareus.client import CallResult, IcareusClient
-from icareus_bridge.icareus.errors import IcareusError, PermanentIcareusError
+from icareus_bridge.icareus.errors import AuthIcareusError, IcareusError, PermanentIcareusError
 from icareus_bridge.kafka.changelog import read_to_end
 from icareus_bridge.kafka.checkpoint import OutboundRecord, TransactionAborted
 from icareus_bridge.kafka.clients import transactional_id
@@ -79,6 +79,8 @@ COMMIT_SETTLE_SECONDS = 60.0
 
 # dlq.reason codes of stage dispatch
 REASON_RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
+# Icareus refused the bridge's own credentials for the whole retry budget (docs/ICAREUS.md).
+REASON_AUTH_FAILED = "AUTH_FAILED"
 REASON_PARKED = "PARKED"
 REASON_DISPATCH_FAILED = "DISPATCH_FAILED"
 
@@ -191,12 +193,17 @@ class Dispatcher:
         readiness.register(READINESS_CHECK, "waiting for partitions")
         readiness.register(ICAREUS_CHECK, "not reached yet")
         self._icareus_ok = False
+        self._auth_refused = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def run(self, stop: StopSignal) -> None:
         """Dispatch until `stop` is set, then drain and close."""
-        self._client = IcareusClient(self.settings.icareus, on_retry=self._on_retry)
+        self._client = IcareusClient(
+            self.settings.icareus,
+            on_retry=self._on_retry,
+            on_auth_failure=self._on_auth_failure,
+        )
         probe = asyncio.create_task(self._probe_icareus(stop), name="icareus-probe")
         try:
             self._start()
@@ -216,6 +223,8 @@ class Dispatcher:
                 try:
                     await self._client.get_user(external_id=ICAREUS_PROBE_ACCOUNT)
                     self._icareus_answers(True, "answering")
+                except AuthIcareusError:
+                    pass  # `_on_auth_failure` has said so at each refused attempt
                 except PermanentIcareusError as exc:
                     self._icareus_answers(False, f"refuses the bridge: {exc.code}")
                 except IcareusError as exc:
@@ -226,6 +235,28 @@ class Dispatcher:
         if ok != self._icareus_ok or not ok:
             self._icareus_ok = ok
             self.readiness.set(ICAREUS_CHECK, ok, detail)
+        if ok and self._auth_refused:
+            self._auth_refused = False
+            self.log.info("Icareus accepts the bridge's credentials again")
+
+    def _on_auth_failure(self, exc: AuthIcareusError) -> None:
+        """Icareus refused the bridge's own credentials: an outage of this bridge, whatever the
+        request was. Counted at every attempt, readiness false at once; the call itself is
+        held and retried (the client), then dead-lettered `AUTH_FAILED` (`_execute`)."""
+        self.metrics.icareus_auth_failures.inc()
+        self._icareus_answers(
+            False,
+            f"refuses the bridge's credentials ({exc.code}): check icareus.key or key_file, "
+            "icareus.organization_id and the clock",
+        )
+        if not self._auth_refused:
+            self._auth_refused = True
+            self.log.error(
+                "Icareus refuses the bridge's credentials; calls are held and retried",
+                code=exc.code,
+                operation=exc.operation,
+                http_status=exc.http_status,
+            )
 
     def _start(self) -> None:
         # The producer first: init_transactions aborts what an earlier incarnation of this
@@ -493,6 +524,8 @@ class Dispatcher:
             return await self._send(request)
         except GaveUp:
             raise
+        except AuthIcareusError as exc:  # refused for the whole budget; readiness already false
+            raise GaveUp(REASON_AUTH_FAILED, exc) from exc
         except IcareusError as exc:  # transient, after the whole retry budget
             self._icareus_answers(False, f"unreachable: {exc.message}")
             raise GaveUp(REASON_RETRIES_EXHAUSTED, exc) from exc
@@ -573,6 +606,8 @@ class Dispatcher:
                     devices=dict(user.devices),
                 )
                 self.accounts.registered(key, user.user_id)
+        except AuthIcareusError as exc:
+            raise GaveUp(REASON_AUTH_FAILED, exc) from exc
         except IcareusError as exc:
             raise GaveUp(REASON_RETRIES_EXHAUSTED, exc) from exc
         state = observed_state(None, sub.id, sub.number, observed.values())

@@ -1,0 +1,313 @@
+"""A bridge whose signature Icareus refuses (INVALID_TOKEN: a wrong organization key, or a clock
+off by more than Icareus' window) is failing itself, not CRM's requests: the dispatcher against a
+real broker and the simulator over HTTP, the simulator started with another key than the
+bridge's. No REJECTED result reaches CRM; readiness is false; the refusals are counted; each
+request is retried under the retry budget and then dead-lettered `AUTH_FAILED` with its
+subscription parked; with the right key, the replayed dead letters complete."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from pydantic import SecretStr
+
+from icareus_bridge.codec import Codec
+from icareus_bridge.config import Settings
+from icareus_bridge.core.model import (
+    Action,
+    LifecycleEvent,
+    ProvisioningRequest,
+    Service,
+    ServiceState,
+    Subscriber,
+    Subscription,
+    SubscriptionRecord,
+    SubscriptionState,
+)
+from icareus_bridge.core.plan import plan
+from icareus_bridge.icareus.simulator import (
+    SimulatorAdmin,
+    SimulatorConfig,
+    SimulatorHandle,
+    start_simulator_thread,
+)
+from icareus_bridge.observability.http import Readiness
+from icareus_bridge.observability.metrics import Metrics
+from icareus_bridge.pipeline.dead_letter import PARKED_BEHIND, REPLAY_COUNT
+from icareus_bridge.pipeline.dispatcher import run_dispatcher
+
+pytestmark = pytest.mark.kafka
+
+WAIT_SECONDS = 60.0
+CODEC = Codec()
+SIMULATOR_KEY = "the-organization-key"
+STALE_KEY = "last-years-key"
+AUTH_METRIC = "icareus_bridge_icareus_auth_failures_total"
+MAX_ATTEMPTS = 3
+
+
+def new_subscriber(sub_id: str, version: int, products: list[str]) -> LifecycleEvent:
+    sub = Subscription(
+        id=sub_id,
+        number=f"N-{sub_id}",
+        version=version,
+        state=SubscriptionState.EFFECTIVE,
+        subscriber=Subscriber(account_number="AC1", first_name="Maria", last_name="Georgiou"),
+        services=tuple(
+            Service(id=f"s-{p}", product_code=p, state=ServiceState.EFFECTIVE, distributor="VP1")
+            for p in products
+        ),
+        installed_items=(),
+    )
+    code = "BECOME_SUBSCRIBER" if version == 1 else "ADD_SERVICE"
+    return LifecycleEvent(
+        event_id=str(uuid.uuid4()),
+        occurred_at=int(time.time() * 1000),
+        action=Action(code=code),
+        subscription=sub,
+    )
+
+
+class TopicReader:
+    """Reads a topic (committed records only) from its start, keeping what it has seen."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        self.consumer.subscribe([topic])
+        self.records: list[Any] = []
+
+    def until(self, done: Callable[[list[Any]], bool], timeout: float = WAIT_SECONDS) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while not done(self.records):
+            assert time.monotonic() < deadline, f"gave up waiting; have {len(self.records)}"
+            self.read(0.2)
+        return self.records
+
+    def read(self, timeout: float) -> None:
+        for msg in self.consumer.consume(num_messages=100, timeout=timeout):
+            if msg.error() is None:
+                self.records.append(msg)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def header(msg: Any, name: str) -> str | None:
+    for k, v in msg.headers() or []:
+        if k == name:
+            return bytes(v).decode()
+    return None
+
+
+def auth_failures(metrics: Metrics) -> float:
+    found = re.search(rf"^{AUTH_METRIC} (\S+)$", metrics.render().decode(), re.MULTILINE)
+    assert found is not None, f"{AUTH_METRIC} is not exported"
+    return float(found.group(1))
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+@dataclass
+class Dispatcher:
+    readiness: Readiness
+    metrics: Metrics
+    thread: threading.Thread
+    stop: threading.Event
+    errors: list[BaseException] = field(default_factory=list)
+
+    def icareus_check(self) -> dict[str, Any]:
+        default = {"ready": False, "detail": "not registered yet"}
+        check: dict[str, Any] = self.readiness.snapshot().get("icareus", default)
+        return check
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    sim: SimulatorHandle
+    admin: SimulatorAdmin
+    producer: Producer
+    running: list[Dispatcher] = field(default_factory=list)
+    states: dict[str, SubscriptionRecord | None] = field(default_factory=dict)
+
+    def start(self, key: str) -> Dispatcher:
+        icareus = self.settings.icareus.model_copy(update={"key": SecretStr(key)})
+        settings = self.settings.model_copy(update={"icareus": icareus})
+        readiness, metrics, stop = Readiness(), Metrics(), threading.Event()
+        errors: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                run_dispatcher(settings, metrics, readiness, stop)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=target, name="dispatcher", daemon=True)
+        dispatcher = Dispatcher(readiness, metrics, thread, stop, errors)
+        self.running.append(dispatcher)
+        thread.start()
+        return dispatcher
+
+    def stop(self) -> None:
+        for d in self.running:
+            d.stop.set()
+            d.thread.join(timeout=30)
+            assert not d.thread.is_alive(), "dispatcher did not drain within its grace"
+            assert not d.errors, d.errors
+        self.running.clear()
+
+    def crm(self, ev: LifecycleEvent) -> list[ProvisioningRequest]:
+        """Plan the event as the planner would (all requests assumed to complete), publish."""
+        sub = ev.subscription
+        decision = plan(self.states.get(sub.id), ev, self.settings.provider)
+        self.states[sub.id] = decision.state
+        for request in decision.requests:
+            self.producer.produce(
+                self.settings.topics.requests,
+                key=sub.id.encode(),
+                value=CODEC.encode_request(request),
+            )
+        self.producer.flush(10)
+        return list(decision.requests)
+
+
+@pytest.fixture
+def rig(kafka_bootstrap: str, make_topic: Callable[..., str]) -> Iterator[Rig]:
+    unique = uuid.uuid4().hex[:8]
+    base = Settings(
+        kafka={"bootstrap_servers": kafka_bootstrap, "partitions": 2},
+        topics={
+            "input": make_topic("crm", partitions=2),
+            "requests": make_topic("requests", partitions=2),
+            "results": make_topic("results", partitions=2),
+            "dlq": make_topic("dlq", partitions=1),
+            "state": make_topic("state", partitions=2, compacted=True),
+        },
+        icareus={
+            "base_url": "http://127.0.0.1:1/api",
+            "key": SIMULATOR_KEY,
+            "organization_id": "1001",
+            "max_in_flight": 16,
+            "retry": {
+                "max_attempts": MAX_ATTEMPTS,
+                "max_total_seconds": 2.0,
+                "initial_backoff_seconds": 0.05,
+                "max_backoff_seconds": 0.2,
+                "jitter_seconds": 0.01,
+            },
+        },
+        provider={
+            "distributors": [{"code": "VP1"}, {"code": "VP2"}],
+            "service_mapping": {"BASIC-TV": "1001", "SPORTS": "1002"},
+        },
+        dispatcher={
+            "group_id": f"dispatcher-{unique}",
+            "instance_id": f"auth-{unique}",
+            "shutdown_grace_seconds": 10,
+            "commit_interval_ms": 50,
+        },
+    )
+    sim = start_simulator_thread(SimulatorConfig.from_settings(base))  # the right key
+    settings = base.model_copy(
+        update={"icareus": base.icareus.model_copy(update={"base_url": sim.base_url})}
+    )
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "partitioner": "murmur2_random"})
+    r = Rig(settings=settings, sim=sim, admin=sim.admin(), producer=producer)
+    try:
+        yield r
+    finally:
+        for d in r.running:
+            d.stop.set()
+            d.thread.join(timeout=30)
+        r.admin.close()
+        sim.stop()
+
+
+def test_a_refused_signature_is_an_outage_of_the_bridge_not_a_rejection_for_crm(
+    rig: Rig,
+) -> None:
+    first = rig.crm(new_subscriber("sub-auth", 1, ["BASIC-TV"]))
+    dispatcher = rig.start(key=STALE_KEY)
+    bootstrap = rig.settings.kafka.bootstrap_servers
+    dlq = TopicReader(bootstrap, rig.settings.topics.dlq)
+    results = TopicReader(bootstrap, rig.settings.topics.results)
+
+    # Readiness goes false at the first refusal, saying why.
+    wait_for(lambda: auth_failures(dispatcher.metrics) >= 1, "a counted refusal")
+    check = dispatcher.icareus_check()
+    assert check["ready"] is False and "INVALID_TOKEN" in check["detail"]
+    assert "key" in check["detail"] and STALE_KEY not in check["detail"]
+    assert dispatcher.readiness.ready is False
+
+    # The first request is held and retried under the budget, then dead-lettered; its
+    # subscription is parked, so the next request of it follows into the DLQ, in order.
+    dead = dlq.until(lambda rs: len(rs) >= 2)
+    assert [CODEC.decode_request(m.value()).request_id for m in dead] == [
+        r.request_id for r in first
+    ]
+    gave_up = dead[0]
+    assert header(gave_up, "dlq.reason") == "AUTH_FAILED"
+    assert header(gave_up, "dlq.stage") == "dispatch"
+    assert header(gave_up, "dlq.attempts") == str(MAX_ATTEMPTS)
+    assert "INVALID_TOKEN" in (header(gave_up, "dlq.response.excerpt") or "")
+    assert header(dead[1], "dlq.reason") == "PARKED"
+    assert header(dead[1], PARKED_BEHIND) == first[0].request_id
+    later = rig.crm(new_subscriber("sub-auth", 2, ["BASIC-TV", "SPORTS"]))
+    dead = dlq.until(lambda rs: len(rs) >= 2 + len(later))
+    assert {header(m, "dlq.reason") for m in dead[2:]} == {"PARKED"}
+
+    # Nothing reached CRM: no result at all, so above all no REJECTED one; Icareus holds nothing.
+    results.read(2.0)
+    assert results.records == []
+    assert rig.admin.state() == {"users": []}
+    # Every refused attempt is counted: the held request's and the readiness probe's.
+    # (The metric is read first: a refusal is counted by the simulator before the bridge sees it.)
+    counted = auth_failures(dispatcher.metrics)
+    assert MAX_ATTEMPTS + 1 <= counted <= rig.admin.stats()["auth_failures"]
+    assert dispatcher.icareus_check()["ready"] is False
+    rig.stop()
+
+    # The key is fixed and the bridge restarted: ready again, and the dead letters, put back in
+    # their order as replay does, complete.
+    fixed = rig.start(key=SIMULATOR_KEY)
+    wait_for(lambda: fixed.icareus_check()["ready"], "Icareus readiness with the right key")
+    for msg in dead:
+        kept = [(k, v) for k, v in msg.headers() if not k.startswith("dlq.")]
+        rig.producer.produce(
+            rig.settings.topics.requests,
+            key=msg.key(),
+            value=msg.value(),
+            headers=[*kept, (REPLAY_COUNT, b"1")],
+        )
+    rig.producer.flush(10)
+    done = results.until(lambda rs: len(rs) >= len(dead))
+    rig.stop()
+    got = [CODEC.decode_result(m.value()) for m in done]
+    assert [r.request_id for r in got] == [CODEC.decode_request(m.value()).request_id for m in dead]
+    assert {r.life_cycle_state.value for r in got} == {"COMPLETED"}
+    assert auth_failures(fixed.metrics) == 0  # exported while all is well, for the alert
+    users = {u["externalId"]: u for u in rig.admin.state()["users"]}
+    assert users["N-sub-auth-VP1"]["products"] == ["1001", "1002"]
+    dlq.close()
+    results.close()
