@@ -206,6 +206,15 @@ class DispatcherSettings(_Section):
     max_queued: int = Field(default=2048, ge=1)
 
 
+class ArchiveSettings(_Section):
+    # CRM's consumer group on the results topic: `archive --delete` never deletes a result
+    # that group has not read yet. Empty = CRM's position is not checked.
+    crm_group_id: str = ""
+    codec: Literal["deflate", "zstandard"] = "deflate"
+    # How long `archive` waits for the broker before it reports Kafka unreachable.
+    kafka_timeout_seconds: float = Field(default=15.0, gt=0)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "console"] = "json"
@@ -231,6 +240,7 @@ class Settings(BaseSettings):
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -295,6 +305,7 @@ def load_settings(path: Path | str | None = None) -> Settings:
 
 
 __all__ = [
+    "ArchiveSettings",
     "ConfigError",
     "Distributor",
     "IcareusSettings",
