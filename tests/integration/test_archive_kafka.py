@@ -159,7 +159,7 @@ def test_rerun_adds_nothing_and_a_later_cutoff_adds_only_what_is_new(
     assert "archived 0 results" in printed
     assert (out / "manifest.json").read_bytes() == first
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f["name"] for f in manifest(out)["files"]] + ["manifest.json"]
+        [f["name"] for f in manifest(out)["files"]] + ["manifest.json", ".archive.lock"]
     )
 
     _archive(config, out, 0)
@@ -221,11 +221,18 @@ def test_delete_never_passes_the_crm_group_nor_the_bridge_groups(
     results_end = {p: hi for p, (_lo, hi) in watermarks(kafka_bootstrap, topics.results).items()}
     requests_end = {p: hi for p, (_lo, hi) in watermarks(kafka_bootstrap, topics.requests).items()}
     assert all(v > 3 for v in results_end.values()), results_end
+    out = tmp_path / "archive"
+    before = watermarks(kafka_bootstrap, topics.results)
+    # No group has read anything yet: archiving goes ahead, deleting does not.
+    printed = _archive(config, out, 0, "--delete")
+    assert "deleted" not in printed.replace("nothing deleted", "")
+    assert watermarks(kafka_bootstrap, topics.results) == before
+    assert len(read_back(out)) == len(writer.produced)
+
     # CRM has read two results of each partition; the planner all of them; the dispatcher all.
     commit(kafka_bootstrap, crm, topics.results, {p: 2 for p in results_end})
     commit(kafka_bootstrap, groups["planner"], topics.results, results_end)
     commit(kafka_bootstrap, groups["dispatcher"], topics.requests, requests_end)
-    out = tmp_path / "archive"
 
     printed = _archive(config, out, 0, "--delete")
 
@@ -355,3 +362,73 @@ def test_an_archive_of_other_topics_is_refused_naming_out(
 
     assert done.returncode == 2
     assert "--out" in done.stderr and topics.results in done.stderr
+
+
+def test_a_result_that_does_not_decode_stops_its_partition_and_exits_1(
+    kafka_bootstrap: str, topics: Topics, writer: Writer, tmp_path: Path
+) -> None:
+    from confluent_kafka import Producer
+
+    now = now_ms()
+    writer.story("sub-good", now - 2 * DAY_MS)
+    partition = writer.produced[0].partition
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    p.produce(topics.results, key=b"sub-good", value=b"not avro", partition=partition,
+              timestamp=now - 2 * DAY_MS + 10)
+    assert p.flush(30) == 0
+    config, _ = config_file(tmp_path, kafka_bootstrap, topics)
+    out = tmp_path / "archive"
+
+    done = cli("archive", "--config", str(config), "--older-than", "0", "--out", str(out))
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    bad_offset = max(r.offset for r in writer.produced) + 2  # after the transaction's marker
+    assert f"{topics.results} partition {partition} offset {bad_offset}" in done.stderr
+    assert len(read_back(out)) == 3
+    assert manifest(out)["next_offsets"][str(partition)] == bad_offset - 1
+
+
+def test_a_run_killed_midway_is_completed_by_the_next_run_without_duplicates(
+    kafka_bootstrap: str, topics: Topics, writer: Writer, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.integration.archive_support import BRIDGE
+
+    now = now_ms()
+    for day in range(1, 25):  # one part file per day: the run writes files one by one
+        writer.story(f"sub-k{day}", now - day * DAY_MS)
+    config, _ = config_file(tmp_path, kafka_bootstrap, topics)
+    out = tmp_path / "archive"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
+    proc = subprocess.Popen(
+        [str(BRIDGE), "archive", "--config", str(config), "--older-than", "0", "--out", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_dir() and any(p.suffix == ".avro" or p.name.endswith(".tmp")
+                                    for p in out.iterdir()):
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+    _archive(config, out, 0)
+
+    records = read_back(out)
+    assert sorted((r["result_partition"], r["result_offset"]) for r in records) == sorted(
+        (p.partition, p.offset) for p in writer.produced
+    )
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".avro") == sorted(
+        f["name"] for f in manifest(out)["files"]
+    )
+    assert cli("archive", "search", "--json", str(out)).returncode == 0

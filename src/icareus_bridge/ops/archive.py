@@ -28,6 +28,7 @@ from icareus_bridge.ops.archive_store import (
     Deletion,
     Manifest,
     day_of_millis,
+    exclusive,
     iso_of_millis,
     load_manifest,
     now_iso,
@@ -124,15 +125,28 @@ def export(
     6. With `delete`: DeleteRecords on both topics up to what is archived, never past the
        committed offsets of the planner group and archive.crm_group_id (results) or of the
        dispatcher group (requests)."""
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    report = ExportReport(cutoff_ms=now - older_than_days * DAY_MS)
+
+    _prepare_dir(out)
+    with exclusive(out):
+        return _export(settings, out, older_than_days, codec, delete, now, report)
+
+
+def _export(
+    settings: Settings,
+    out: Path,
+    older_than_days: int,
+    codec: Codec,
+    delete: bool,
+    now: int,
+    report: ExportReport,
+) -> ExportReport:
     from icareus_bridge.codec import Codec as AvroCodec
     from icareus_bridge.ops.archive_kafka import Cluster
 
-    now = now_ms if now_ms is not None else int(time.time() * 1000)
-    cutoff = now - older_than_days * DAY_MS
-    report = ExportReport(cutoff_ms=cutoff)
     topics = settings.topics
-
-    _prepare_dir(out)
+    cutoff = report.cutoff_ms
     manifest = load_manifest(out)
     if manifest is None:
         manifest = Manifest(results_topic=topics.results, requests_topic=topics.requests)

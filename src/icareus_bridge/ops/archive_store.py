@@ -8,6 +8,8 @@ are leftovers that the next run removes and writes again) or the new one, never 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -162,6 +164,25 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+LOCK = ".archive.lock"
+
+
+@contextlib.contextmanager
+def exclusive(directory: Path) -> Iterator[None]:
+    """Hold the archive's lock: one archive run at a time writes a directory."""
+    with (directory / LOCK).open("a") as fo:
+        try:
+            fcntl.flock(fo.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArchiveMismatch(
+                f"--out {directory}: another archive run is writing this directory"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fo.fileno(), fcntl.LOCK_UN)
 
 
 def sha256_of(path: Path) -> str:
