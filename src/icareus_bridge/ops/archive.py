@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from icareus_bridge.config import Settings, load_settings
 from icareus_bridge.ops.archive_store import (
@@ -37,6 +37,9 @@ from icareus_bridge.ops.archive_store import (
     save_manifest,
     write_day_file,
 )
+
+if TYPE_CHECKING:
+    from icareus_bridge.ops.archive_kafka import Cluster, Fetched, RequestsRead
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -80,7 +83,7 @@ class ExportReport:
 
 
 def _archive_record(
-    settings: Settings, fetched: Any, request: Any | None, archived_at: int
+    settings: Settings, fetched: Fetched, request: Fetched | None, archived_at: int
 ) -> dict[str, Any]:
     return {
         "result_topic": settings.topics.results,
@@ -229,11 +232,11 @@ def _bound(limits: list[tuple[str, int]]) -> tuple[int, str]:
 
 def _delete(
     settings: Settings,
-    cluster: Any,
+    cluster: Cluster,
     out: Path,
     manifest: Manifest,
-    archived_now: list[Any],
-    requests: Any,
+    archived_now: list[Fetched],
+    requests: RequestsRead,
 ) -> list[DeletionPlan]:
     topics = settings.topics
     plans: list[DeletionPlan] = []
