@@ -146,7 +146,7 @@ def _export(
     report: ExportReport,
 ) -> ExportReport:
     from icareus_bridge.codec import Codec as AvroCodec
-    from icareus_bridge.ops.archive_kafka import Cluster
+    from icareus_bridge.ops.archive_kafka import Cluster, RequestsRead
 
     topics = settings.topics
     cutoff = report.cutoff_ms
@@ -187,7 +187,10 @@ def _export(
             f"{topics.results} partition {p} offset {offset}: {why} (partition stopped there)"
         )
     wanted = {r.value["request_id"] for r in results.records}
-    requests = cluster.read_requests(avro, topics.requests, request_parts, wanted, delete)
+    if wanted or delete:
+        requests = cluster.read_requests(avro, topics.requests, request_parts, wanted, delete)
+    else:
+        requests = RequestsRead()  # nothing new to join: the requests topic is not read
 
     by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in sorted(results.records, key=lambda f: (f.timestamp, f.partition, f.offset)):
