@@ -33,6 +33,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _archive_days(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of days, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more days, got {text}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -141,11 +151,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     archive = command("archive", "archive old provisioning requests, or search an archive")
-    archive.add_argument("--older-than", type=_positive_int, default=None, metavar="DAYS")
+    archive.add_argument(
+        "--older-than",
+        type=_archive_days,
+        default=None,
+        metavar="DAYS",
+        help="archive results older than DAYS days (0 = everything up to now)",
+    )
     archive.add_argument("--out", type=Path, default=None, metavar="DIR")
+    archive.add_argument(
+        "--codec",
+        choices=["deflate", "zstandard"],
+        default=None,
+        help="compression of new archive files (default: archive.codec)",
+    )
+    archive.add_argument(
+        "--delete",
+        action="store_true",
+        help="then delete archived records from the live topics (Kafka DeleteRecords), never "
+        "past what the bridge's groups or archive.crm_group_id still have to read",
+    )
     archive_sub = archive.add_subparsers(dest="archive_command", metavar="SUBCOMMAND")
-    search = archive_sub.add_parser("search", help="search archive files for a subscription")
-    search.add_argument("--subscription", required=True, metavar="ID")
+    search = archive_sub.add_parser(
+        "search",
+        help="search an archive (checks every file's sha256 first)",
+        description="search an archive (checks every file's sha256 first); filters combine "
+        "with AND",
+    )
+    search.add_argument("--subscription", default=None, metavar="ID")
+    search.add_argument("--request-id", default=None, metavar="ID")
+    search.add_argument("--since", default=None, help="ISO-8601 time, results from then on")
+    search.add_argument("--until", default=None, help="ISO-8601 time, results before then")
+    search.add_argument("--state", choices=["COMPLETED", "REJECTED"], default=None)
+    search.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     search.add_argument("dir", type=Path, metavar="DIR")
 
     reset = command("reset", "CRM's reset utility: bring Icareus back in line with CRM")

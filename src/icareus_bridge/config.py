@@ -340,6 +340,15 @@ class DlqSettings(_Section):
     max_replays: int = Field(default=3, ge=0)
 
 
+class ArchiveSettings(_Section):
+    # CRM's consumer group on the results topic: `archive --delete` never deletes a result
+    # that group has not read yet. Empty = CRM's position is not checked.
+    crm_group_id: str = ""
+    codec: Literal["deflate", "zstandard"] = "deflate"
+    # How long `archive` waits for the broker before it reports Kafka unreachable.
+    kafka_timeout_seconds: float = Field(default=15.0, gt=0)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "console"] = "json"
@@ -367,6 +376,7 @@ class Settings(BaseSettings):
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     dlq: DlqSettings = Field(default_factory=DlqSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -507,6 +517,7 @@ def load_settings(path: Path | str | None = None) -> Settings:
 
 __all__ = [
     "DEMO_KEY",
+    "ArchiveSettings",
     "ConfigError",
     "CrossCheckError",
     "Distributor",
