@@ -370,6 +370,13 @@ def test_an_icareus_outage_fires_the_dead_letter_and_parked_key_alerts(
     assert prometheus.alert_states().get("IcareusBridgeParkedKeys") == "firing"
     parked = prometheus.query("sum(icareus_bridge_parked_keys)")
     assert parked and float(parked[0]["value"][1]) == 1.0
+    # Caught up again: no stage reports an old unfinished record.
+    lag = prometheus.query("max by (group) (icareus_bridge_consumer_lag_seconds)")
+    assert {x["metric"]["group"] for x in lag} == {
+        watched.config["planner"]["group_id"],
+        watched.config["dispatcher"]["group_id"],
+    }
+    assert all(float(x["value"][1]) < 30 for x in lag), lag
 
 
 def dashboard_expressions() -> list[tuple[str, str]]:

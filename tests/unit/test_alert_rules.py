@@ -70,7 +70,8 @@ def metric_names(expr: str) -> set[str]:
         r"\b(by|on|without|ignoring|group_left|group_right)\s*\([^)]*\)", "", without_ranges
     )
     # Names not part of a number (1e9) and not called like a function (rate(...)).
-    words = set(re.findall(r"(?<![\w.:])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:])(?!\s*\()", without_grouping))
+    name = r"(?<![\w.:])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:])(?!\s*\()"
+    words = set(re.findall(name, without_grouping))
     return {w for w in words if w not in PROMQL_FUNCTIONS_AND_WORDS}
 
 

@@ -74,7 +74,7 @@ def test_build_info_and_process_start_time_are_exported() -> None:
 
 def test_time_lag_is_the_age_of_the_oldest_unfinished_record() -> None:
     now = [100_000.0]
-    clock = LagClock("g", now_ms=lambda: now[0])
+    clock = LagClock("g", now_ms=lambda: now[0], estimates_unread=True)
     assert clock.age_seconds() == {}
     clock.read("t", 0, 10, 90_000.0)
     clock.read("t", 0, 11, 95_000.0)
@@ -93,6 +93,16 @@ def test_time_lag_is_the_age_of_the_oldest_unfinished_record() -> None:
     assert clock.age_seconds() == {("t", 0): 2.0}
     clock.forget("t", 0)
     assert clock.age_seconds() == {}
+
+
+def test_a_clock_that_reads_ahead_ignores_the_offset_lag() -> None:
+    now = [100_000.0]
+    clock = LagClock("dispatcher", now_ms=lambda: now[0])
+    clock.read("t", 0, 10, 90_000.0)
+    clock.committed("t", 0, 11)
+    clock.behind("t", 0, 1)  # a transaction marker after the last request: no work
+    now[0] = 500_000.0
+    assert clock.age_seconds() == {("t", 0): 0.0}
 
 
 def test_time_lag_and_readiness_are_gauges_of_the_scrape() -> None:

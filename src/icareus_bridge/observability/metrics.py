@@ -63,13 +63,24 @@ class LagClock:
     """How far behind one consumer group is, in time: per (topic, partition) the timestamps of
     the records it has read and not yet committed, and the records behind the end of the
     partition as last reported. `age_seconds` is the age of the oldest record not finished:
-    the oldest one read and uncommitted; else, while records are behind, the age of the last
-    one committed (the next one is younger: an upper bound); else 0.
+    the oldest one read and uncommitted; else, for a clock that `estimates_unread` records,
+    while records are behind, the age of the last one committed (the next one is younger: an
+    upper bound); else 0. The planner's clock estimates (its batches leave nothing read and
+    uncommitted between them; an idle poll says it caught up). The dispatcher's does not: it
+    reads ahead of its work, so what it has not finished has been read, and its offset lag
+    counts the transaction markers after the last request, which are no work.
 
     Written by the stage's thread, read by the /metrics thread (a lock between them)."""
 
-    def __init__(self, group: str, now_ms: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        group: str,
+        now_ms: Callable[[], float] | None = None,
+        *,
+        estimates_unread: bool = False,
+    ) -> None:
         self.group = group
+        self.estimates_unread = estimates_unread
         self._now_ms = now_ms or (lambda: time.time() * 1000.0)
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, int], deque[tuple[int, float]]] = {}
@@ -106,6 +117,8 @@ class LagClock:
                     q.clear()
 
     def behind(self, topic: str, partition: int, records: int) -> None:
+        if not self.estimates_unread:
+            return
         with self._lock:
             self._behind[(topic, partition)] = max(records, 0)
 
@@ -351,11 +364,11 @@ class Metrics:
         for stage, dl_reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(stage, dl_reason)
 
-    def lag_clock(self, group: str) -> LagClock:
+    def lag_clock(self, group: str, *, estimates_unread: bool = False) -> LagClock:
         """The time-lag bookkeeping of one consumer group (created on first use)."""
         clock = self.lag_clocks.get(group)
         if clock is None:
-            clock = self.lag_clocks[group] = LagClock(group)
+            clock = self.lag_clocks[group] = LagClock(group, estimates_unread=estimates_unread)
         return clock
 
     def watch_readiness(self, checks: Callable[[], dict[str, bool]]) -> None:

@@ -296,7 +296,7 @@ class Planner:
         self.store = store if store is not None else StateStore(_decode)
         self.poll_timeout = poll_timeout
         self.log = get_logger("icareus_bridge.planner").bind(instance=self.instance_id)
-        self._lag_clock = metrics.lag_clock(settings.planner.group_id)
+        self._lag_clock = metrics.lag_clock(settings.planner.group_id, estimates_unread=True)
         self._client_errors = RateLimiter()
         self._consumer: Any = None
         self._producer: Any = None
