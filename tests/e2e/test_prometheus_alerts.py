@@ -345,6 +345,16 @@ def test_an_icareus_outage_fires_the_dead_letter_and_parked_key_alerts(
         ("dispatch", "RETRIES_EXHAUSTED"),
         ("dispatch", "PARKED"),
     }
+    # The log lines of the per-request path name the request, its event, subscription,
+    # action, type and outcome.
+    lines = [json.loads(x) for x in watched.log_tail(2000).splitlines() if x.startswith("{")]
+    parked_lines = [x for x in lines if x.get("event") == "subscription parked"]
+    assert parked_lines, "no 'subscription parked' log line"
+    assert parked_lines[0]["subscription_id"] == stuck.id
+    assert parked_lines[0]["event_id"] == first.event_id
+    assert parked_lines[0]["action_code"] == "BECOME_SUBSCRIBER"
+    assert parked_lines[0]["outcome"] == "parked"
+    assert parked_lines[0]["request_type"] and parked_lines[0]["request_id"]
     # Icareus unreachable: the bridge says so through its readiness gauge as well.
     until(lambda: prometheus.query("icareus_bridge_ready == 0"), "not ready during the outage")
 
