@@ -498,7 +498,8 @@ class Dispatcher:
         except GaveUp:
             raise
         except IcareusError as exc:  # transient, after the whole retry budget
-            self.metrics.icareus_calls.labels(request.type.value, "transient").inc()
+            gave_up = "permanent" if isinstance(exc, PermanentIcareusError) else "transient"
+            self.metrics.icareus_calls.labels(request.type.value, gave_up).inc()
             self._icareus_answers(False, f"unreachable: {exc.message}")
             raise GaveUp(REASON_RETRIES_EXHAUSTED, exc) from exc
         except Exception as exc:  # a bug must not break the subscription's order either
