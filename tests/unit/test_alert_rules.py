@@ -59,6 +59,9 @@ def exported_names() -> set[str]:
     metrics.watch_readiness(lambda: {"planner": True})  # as the HTTP server does
     for family in text_string_to_metric_families(metrics.render().decode()):
         names.update(sample.name for sample in family.samples)
+        # A family without a sample yet (labels only known when it happens) still exports:
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+        names.update(family.name + s for s in suffixes.get(family.type, [""]))
     return names
 
 
