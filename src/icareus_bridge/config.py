@@ -351,7 +351,8 @@ class ArchiveSettings(_Section):
 
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "console"] = "json"
+    # auto: console (for people) when the log stream is a terminal, JSON otherwise.
+    format: Literal["auto", "json", "console"] = "auto"
 
 
 class Settings(BaseSettings):

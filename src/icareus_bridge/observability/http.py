@@ -37,6 +37,11 @@ class Readiness:
         with self._lock:
             return {k: {"ready": r, "detail": d} for k, (r, d) in sorted(self._checks.items())}
 
+    def passing(self) -> dict[str, bool]:
+        """Per check: does it pass (for the `icareus_bridge_ready` gauges)."""
+        with self._lock:
+            return {k: r for k, (r, _) in self._checks.items()}
+
     @property
     def ready(self) -> bool:
         with self._lock:
@@ -58,6 +63,7 @@ class HealthServer:
     def __init__(self, host: str, port: int, metrics: Metrics, readiness: Readiness) -> None:
         self._metrics = metrics
         self._readiness = readiness
+        metrics.watch_readiness(readiness.passing)
         self._server = make_server(
             host, port, self._app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
         )

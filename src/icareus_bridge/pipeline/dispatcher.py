@@ -41,7 +41,7 @@ from icareus_bridge.kafka.checkpoint import OutboundRecord, TransactionAborted
 from icareus_bridge.kafka.clients import transactional_id
 from icareus_bridge.kafka.dispatch import ConsumedRecord, DispatchTransactions, RequestsConsumer
 from icareus_bridge.observability.http import Readiness
-from icareus_bridge.observability.logging import get_logger
+from icareus_bridge.observability.logging import get_logger, request_fields
 from icareus_bridge.observability.metrics import Metrics
 from icareus_bridge.pipeline import outcomes
 from icareus_bridge.pipeline.accounts import AccountOutcomes
@@ -417,6 +417,7 @@ class Dispatcher:
             self.parked.drop_partition(p)
             self._generations.pop(p, None)
             self._last_commit.pop(p, None)
+            self.metrics.forget_partition(self.group, self.topics.requests, p)
         # Queued work of those partitions is dropped; running work finishes, but its results
         # are discarded (generation check): the partition's new owner runs it again.
         self.scheduler.discard_queued(lambda item: item.record.partition in gone)
@@ -432,6 +433,9 @@ class Dispatcher:
             return  # a late record of a partition that is no longer ours
         if not self.offsets.register(record.partition, record.offset):
             return  # finished before a restart: its result is already committed
+        self.metrics.lag_clock(self.group).read(
+            record.topic, record.partition, record.offset, record.timestamp_ms
+        )
         self.scheduler.submit(*self._item(record, generation))
 
     def _item(self, record: ConsumedRecord, generation: int) -> tuple[str, WorkItem]:
@@ -527,6 +531,8 @@ class Dispatcher:
         except AuthIcareusError as exc:  # refused for the whole budget; readiness already false
             raise GaveUp(REASON_AUTH_FAILED, exc) from exc
         except IcareusError as exc:  # transient, after the whole retry budget
+            gave_up = "permanent" if isinstance(exc, PermanentIcareusError) else "transient"
+            self.metrics.icareus_calls.labels(request.type.value, gave_up).inc()
             self._icareus_answers(False, f"unreachable: {exc.message}")
             raise GaveUp(REASON_RETRIES_EXHAUSTED, exc) from exc
         except Exception as exc:  # a bug must not break the subscription's order either
@@ -558,11 +564,11 @@ class Dispatcher:
         try:
             call = await self._client.send(request, user_id=user_id)
         except PermanentIcareusError as exc:
-            self._observe_call(request, started)
+            self._observe_call(request, started, "permanent", exc.code)
             if request.type is RequestType.ADD_USER:
                 self.accounts.registration_rejected(request, exc.code)
             return outcomes.rejected_by_icareus(request, exc, user_id, self.clock_ms())
-        self._observe_call(request, started)
+        self._observe_call(request, started, "ok")
         if not self._icareus_ok:
             self._icareus_answers(True, "answering")
         if request.type is RequestType.ADD_USER and call.user_id is not None:
@@ -618,8 +624,8 @@ class Dispatcher:
             results.append(await self._execute(request))
         self.log.info(
             "subscription reset",
-            subscription_id=sub.id,
-            event_id=event.event_id,
+            **request_fields(event),
+            outcome="reset",
             accounts_found=len(observed),
             requests=len(decision.requests),
             rejections=len(decision.rejections),
@@ -691,8 +697,8 @@ class Dispatcher:
             )
             self.log.info(
                 "subscription unparked",
-                subscription_id=item.subscription_id,
-                request_id=item.record_id,
+                **_item_fields(item),
+                outcome="unparked",
             )
         if finished.park is not None:
             self.parked.park(finished.park)
@@ -706,8 +712,15 @@ class Dispatcher:
             )
             self.log.warning(
                 "subscription parked",
-                subscription_id=item.subscription_id,
-                request_id=item.record_id,
+                **_item_fields(item),
+                outcome="parked",
+                reason=finished.dead_letter_reason,
+            )
+        elif finished.dead_letter_reason is not None:
+            self.log.info(
+                "request dead-lettered",
+                **_item_fields(item),
+                outcome="dead_lettered",
                 reason=finished.dead_letter_reason,
             )
         if finished.dead_letter_reason is not None:
@@ -727,18 +740,21 @@ class Dispatcher:
         log = self.log.debug if result.life_cycle_state.value == "COMPLETED" else self.log.info
         log(
             "result",
-            request_id=result.request_id,
-            subscription_id=result.subscription_id,
-            event_id=result.event_id,
-            type=t,
-            state=result.life_cycle_state.value,
+            **request_fields(result),
+            outcome=result.life_cycle_state.value,
             error_code=result.error_code,
             attempts=result.attempts,
         )
 
-    def _observe_call(self, request: ProvisioningRequest, started: float) -> None:
+    def _observe_call(
+        self, request: ProvisioningRequest, started: float, outcome: str, code: str | None = None
+    ) -> None:
         elapsed = time.perf_counter() - started
-        self.metrics.icareus_call_seconds.labels(request.type.value).observe(elapsed)
+        t = request.type.value
+        self.metrics.icareus_call_seconds.labels(t).observe(elapsed)
+        self.metrics.icareus_calls.labels(t, outcome).inc()
+        if code is not None:
+            self.metrics.icareus_refusals.labels(t, code).inc()
 
     def _on_retry(self, reason: str) -> None:
         self.metrics.retries.labels(reason).inc()
@@ -797,6 +813,7 @@ class Dispatcher:
             if self._generations.get(p) != batch.generations.get(p):
                 continue  # changed hands meanwhile
             self._last_commit[p] = (offset, metadata)
+            self.metrics.lag_clock(self.group).committed(self.topics.requests, p, offset)
             lag = self._consumer.lag(p, offset)
             if lag is not None:
                 self.metrics.set_consumer_lag(self.group, self.topics.requests, p, lag)
@@ -810,6 +827,17 @@ class _Batch:
     records: list[OutboundRecord]
     offsets: dict[int, tuple[int, str]]
     generations: dict[int, int]
+
+
+def _item_fields(item: WorkItem) -> dict[str, object]:
+    """The log fields of one work item: its request's (or reset event's) ids and codes."""
+    fields: dict[str, object] = {"subscription_id": item.subscription_id}
+    if item.request is not None:
+        fields.update(request_fields(item.request))
+    elif item.reset is not None:
+        fields.update(request_fields(item.reset))
+    fields.setdefault("request_id", item.record_id)
+    return fields
 
 
 def _reset_order(sub: Subscription, configured: list[str]) -> list[str]:

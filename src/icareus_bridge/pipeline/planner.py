@@ -38,7 +38,7 @@ from icareus_bridge.kafka.checkpoint import (
     TransactionFatal,
 )
 from icareus_bridge.observability.http import Readiness
-from icareus_bridge.observability.logging import get_logger
+from icareus_bridge.observability.logging import RateLimiter, get_logger
 from icareus_bridge.observability.metrics import Metrics
 from icareus_bridge.pipeline.dead_letter import Origin, dead_letter_headers, replay_count_of
 from icareus_bridge.pipeline.state_store import StateStore
@@ -299,6 +299,8 @@ class Planner:
         self.store = store if store is not None else StateStore(_decode)
         self.poll_timeout = poll_timeout
         self.log = get_logger("icareus_bridge.planner").bind(instance=self.instance_id)
+        self._lag_clock = metrics.lag_clock(settings.planner.group_id, estimates_unread=True)
+        self._client_errors = RateLimiter()
         self._consumer: Any = None
         self._producer: Any = None
         self._checkpoint: Checkpoint | None = None
@@ -326,7 +328,11 @@ class Planner:
         )
 
     def _on_client_error(self, err: Any) -> None:
-        self.log.warning("kafka client error", error=str(err))
+        # A broker outage reports the same error on every reconnect attempt: a few lines, then
+        # one line per interval saying how many were left out.
+        allowed, suppressed = self._client_errors.allow(str(err.code()))
+        if allowed:
+            self.log.warning("kafka client error", error=str(err), suppressed=suppressed)
         if clients.is_all_brokers_down(err):
             self._brokers_down = True
             self.readiness.set(READINESS_CHECK, False, "no broker reachable")
@@ -384,6 +390,8 @@ class Planner:
             self.store.drop(p)
         self._assigned -= revoked
         self.metrics.state_subscriptions.set(len(self.store))
+        for tp in partitions:
+            self.metrics.forget_partition(self.settings.planner.group_id, tp.topic, tp.partition)
         self.readiness.set(READINESS_CHECK, False, "rebalancing")
         self.log.info("partitions revoked, state dropped", partitions=sorted(revoked))
 
@@ -398,6 +406,7 @@ class Planner:
         for tp in partitions:
             self.store.drop(tp.partition)
             self._assigned.discard(tp.partition)
+            self.metrics.forget_partition(self.settings.planner.group_id, tp.topic, tp.partition)
         self.readiness.set(READINESS_CHECK, False, "partitions lost")
         self.log.warning("partitions lost", partitions=sorted(tp.partition for tp in partitions))
 
@@ -460,6 +469,8 @@ class Planner:
         cp = self._checkpoint
         if cp.due() or (not msgs and not cp.empty):
             self._commit_open(reason="batch")
+        elif not msgs:
+            self._lag_clock.caught_up()
         if self._brokers_down:
             self._check_brokers()
         return handled
@@ -491,6 +502,7 @@ class Planner:
             value=msg.value(),
             headers=msg.headers(),
         )
+        self._lag_clock.read(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
         if rec.topic == self.topics.results:
             h = self.logic.on_result(rec, self._lookup, self.store.find_partition)
         else:
@@ -518,8 +530,12 @@ class Planner:
         if h.dead_letter is not None:
             stage, reason = h.dead_letter
             self._inc(m.dead_letters, stage, reason)
+            about = "request_type" if rec.topic == self.topics.results else "action_code"
             self.log.warning(
                 "record dead-lettered",
+                subscription_id=rec.key.decode("utf-8", "replace") if rec.key else None,
+                outcome="dead_lettered",
+                **{about: h.action or None},
                 stage=stage,
                 reason=reason,
                 topic=rec.topic,
@@ -561,6 +577,7 @@ class Planner:
         self.metrics.transaction_events.labels(ROLE).observe(stats.input_records)
         self.metrics.transaction_seconds.labels(ROLE).observe(stats.seconds)
         self.metrics.state_subscriptions.set(len(self.store))
+        self._lag_clock.committed_all()
         self._checkpoint = self._new_checkpoint()
         self._report_lag(cp.partitions())
 
