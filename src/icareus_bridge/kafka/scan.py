@@ -1,0 +1,277 @@
+"""Bounded reads of topic partitions for the operator commands (`status`, `reset`): committed
+records only, each range read up to a stop offset or to where the partition ends when the read
+starts (the last stable offset, for a read_committed reader). No group, no commits.
+
+Also Java's murmur2 key hash, the partition a keyed record lands in when its producer used
+Kafka's default partitioner (the bridge's producers use librdkafka's `murmur2_random`, the same
+hash), so a lookup can read the one partition that should hold a key first."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+from icareus_bridge.config import KafkaSettings
+from icareus_bridge.kafka.clients import assign_only_consumer
+
+_M = 0x5BD1E995
+_SEED = 0x9747B28C
+_MASK = 0xFFFFFFFF
+
+# Client errors that mean the cluster cannot be reached at all (not a slow answer).
+_UNREACHABLE = frozenset(
+    {KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE, KafkaError._AUTHENTICATION}
+)
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's `Utils.murmur2` (as an unsigned 32-bit value)."""
+    length = len(data)
+    h = (_SEED ^ length) & _MASK
+    end = length - length % 4
+    for i in range(0, end, 4):
+        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    extra = length % 4
+    if extra == 3:
+        h ^= data[end + 2] << 16
+    if extra >= 2:
+        h ^= data[end + 1] << 8
+    if extra >= 1:
+        h ^= data[end]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h
+
+
+def default_partition(key: bytes, partitions: int) -> int:
+    """The partition Java's default partitioner (and librdkafka's murmur2) gives a keyed
+    record: `toPositive(murmur2(key)) % partitions`."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class KafkaUnreachable(Exception):
+    """No broker of `bootstrap` answered in time; the message names the address."""
+
+    def __init__(self, bootstrap: str, detail: str) -> None:
+        super().__init__(f"Kafka unreachable at {bootstrap}: {detail}")
+        self.bootstrap = bootstrap
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Offsets [start, stop) of one partition; `start` None = from the beginning, `stop`
+    None = to the partition's end as the read starts."""
+
+    topic: str
+    partition: int
+    start: int | None = None
+    stop: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One record a scan kept."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]]
+
+
+# (partition, offset, timestamp ms, key, value) -> None; for reads of every record.
+Visit = Callable[[int, int, int | None, bytes, bytes | None], None]
+
+
+class PartitionReader:
+    """One assign-only consumer for a command's reads. Context manager; `probe()` first."""
+
+    def __init__(self, kafka: KafkaSettings, *, timeout: float = 10.0) -> None:
+        self.bootstrap = kafka.bootstrap_servers
+        self.timeout = timeout
+        self._down: str | None = None
+        self._consumer = assign_only_consumer(
+            kafka,
+            overrides={
+                "error_cb": self._on_error,
+                # A lookup reads whole partitions as fast as the broker sends them.
+                "queued.min.messages": 100000,
+                "queued.max.messages.kbytes": 131072,
+                "fetch.max.bytes": 52428800,
+                "max.partition.fetch.bytes": 16777216,
+                "socket.connection.setup.timeout.ms": max(int(timeout * 1000), 1000),
+            },
+        )
+
+    def __enter__(self) -> PartitionReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def _on_error(self, err: Any) -> None:
+        if err is not None and err.code() in _UNREACHABLE:
+            self._down = str(err.str())
+
+    def _unreachable(self, detail: str) -> KafkaUnreachable:
+        return KafkaUnreachable(self.bootstrap, self._down or detail)
+
+    def partitions(self, topic: str) -> int | None:
+        """The topic's partition count, None when the topic does not exist. Raises
+        `KafkaUnreachable` when no broker answers within the reader's timeout."""
+        deadline = time.monotonic() + self.timeout
+        last = "no answer"
+        while True:
+            self._consumer.poll(0)  # serves error_cb
+            if self._down is not None:
+                raise self._unreachable(last)
+            try:
+                md = self._consumer.list_topics(topic, timeout=1.0)
+            except KafkaException as exc:
+                last = str(exc.args[0] if exc.args else exc)
+            else:
+                meta = md.topics.get(topic)
+                if meta is None or (
+                    meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+                ):
+                    return None
+                if meta.error is None and meta.partitions:
+                    return len(meta.partitions)
+                last = str(meta.error)
+            if time.monotonic() > deadline:
+                raise self._unreachable(f"no metadata within {self.timeout:.0f}s ({last})")
+            time.sleep(0.1)
+
+    def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        try:
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=self.timeout
+            )
+        except KafkaException as exc:
+            raise self._unreachable(f"topic {topic}[{partition}]: {exc}") from exc
+        return int(low), int(high)
+
+    def scan(
+        self,
+        ranges: Iterable[Range],
+        keys: set[bytes],
+        *,
+        timeout: float = 120.0,
+    ) -> list[Found]:
+        """Every committed record of `ranges` whose key is in `keys`, in offset order per
+        partition."""
+        found: list[Found] = []
+
+        def keep(msg: Any) -> None:
+            found.append(
+                Found(
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    _timestamp(msg),
+                    msg.key(),
+                    msg.value(),
+                    msg.headers() or (),
+                )
+            )
+
+        self._read(ranges, lambda msg: msg.key() in keys, keep, timeout)
+        return found
+
+    def read_all(self, ranges: Iterable[Range], visit: Visit, *, timeout: float = 600.0) -> int:
+        """Feed every committed keyed record of `ranges` to `visit`; the number read."""
+        count = 0
+
+        def each(msg: Any) -> None:
+            nonlocal count
+            count += 1
+            visit(msg.partition(), msg.offset(), _timestamp(msg), msg.key(), msg.value())
+
+        self._read(ranges, lambda msg: msg.key() is not None, each, timeout)
+        return count
+
+    def _read(
+        self,
+        ranges: Iterable[Range],
+        wanted: Callable[[Any], bool],
+        keep: Callable[[Any], None],
+        timeout: float,
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        stops: dict[tuple[str, int], int] = {}
+        assignment: list[TopicPartition] = []
+        for r in ranges:
+            low, high = self.watermarks(r.topic, r.partition)
+            start = low if r.start is None else max(r.start, low)
+            stop = high if r.stop is None else min(r.stop, high)
+            if start >= stop:
+                continue
+            stops[(r.topic, r.partition)] = stop
+            offset = OFFSET_BEGINNING if r.start is None else start
+            assignment.append(TopicPartition(r.topic, r.partition, offset))
+        if not assignment:
+            return
+        consumer = self._consumer
+        consumer.assign(assignment)
+        try:
+            while stops:
+                if time.monotonic() > deadline:
+                    raise self._unreachable(
+                        f"partitions {sorted(stops)} not read within {timeout:.0f}s"
+                    )
+                if self._down is not None:
+                    raise self._unreachable("connection lost")
+                batch: list[Any] = consumer.consume(num_messages=10000, timeout=0.5)
+                for msg in batch:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            stops.pop((msg.topic(), msg.partition()), None)
+                        elif err.fatal() or not err.retriable():
+                            raise self._unreachable(str(err))
+                        continue
+                    where = (msg.topic(), msg.partition())
+                    end = stops.get(where)
+                    if end is None:
+                        continue
+                    if msg.offset() >= end:
+                        del stops[where]
+                        continue
+                    if wanted(msg):
+                        keep(msg)
+                    if msg.offset() + 1 >= end:
+                        del stops[where]
+        except KafkaException as exc:
+            raise self._unreachable(str(exc)) from exc
+        finally:
+            consumer.unassign()
+
+
+def _timestamp(msg: Any) -> int | None:
+    kind, ts = msg.timestamp()
+    return int(ts) if kind != 0 and ts >= 0 else None
+
+
+__all__ = [
+    "Found",
+    "KafkaUnreachable",
+    "PartitionReader",
+    "Range",
+    "default_partition",
+    "murmur2",
+]
