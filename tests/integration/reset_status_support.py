@@ -117,9 +117,7 @@ def known_state(
 
 
 def users_registered(state: KnownState) -> bool:
-    return bool(state.record.accounts) and all(
-        a.user_id for a in state.record.accounts.values()
-    )
+    return bool(state.record.accounts) and all(a.user_id for a in state.record.accounts.values())
 
 
 def holding(icareus: SimulatorAdmin, account_key: str) -> dict[str, Any] | None:

@@ -176,9 +176,7 @@ def test_an_unknown_subscription_exits_2_naming_it(bridge: Bridge) -> None:
         assert "no-such-sub" in result.stderr and "unknown subscription" in result.stderr
 
 
-def test_an_unreachable_broker_exits_4_naming_the_address(
-    bridge: Bridge, tmp_path: Path
-) -> None:
+def test_an_unreachable_broker_exits_4_naming_the_address(bridge: Bridge, tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     config = config_with(bridge, tmp_path, kafka={"bootstrap_servers": address})
 
@@ -186,16 +184,3 @@ def test_an_unreachable_broker_exits_4_naming_the_address(
 
     assert result.returncode == 4
     assert f"Kafka unreachable at {address}" in result.stderr
-
-
-def test_bad_flags_exit_2_naming_the_argument(bridge: Bridge) -> None:
-    for args, name in (
-        (["--all", "--rate", "0"], "--rate"),
-        (["--all", "--rate", "fast"], "--rate"),
-        ([], "--subscription"),
-        (["--all", "--subscription", "x"], "--subscription"),
-    ):
-        result = cli(bridge, "reset", *args)
-
-        assert result.returncode == 2, args
-        assert name in result.stderr, (args, result.stderr)

@@ -159,7 +159,8 @@ def _holding(a: AccountState | None) -> dict[str, Any] | None:
 def render_preview(p: Preview) -> dict[str, Any]:
     rec = p.known.record
     should = p.decision.state.accounts
-    distributors = list(dict.fromkeys([*p.observed, *should]))
+    # The bridge's viewing-point order, then any account only Icareus or the plan has.
+    distributors = list(dict.fromkeys([*rec.accounts, *should, *p.observed]))
     accounts = []
     for d in distributors:
         held = p.observed.get(d)
