@@ -67,15 +67,21 @@ class KafkaUnreachable(Exception):
         self.bootstrap = bootstrap
 
 
+# librdkafka's logical offset "the last N records" (RD_KAFKA_OFFSET_TAIL).
+_OFFSET_TAIL_BASE = -2000
+
+
 @dataclass(frozen=True, slots=True)
 class Range:
-    """Offsets [start, stop) of one partition; `start` None = from the beginning, `stop`
-    None = to the partition's end as the read starts."""
+    """Offsets [start, stop) of one partition. `start` None = from the beginning; `tail` N
+    instead = the last N offsets; `stop` None = to the partition's end as the read gets there
+    (no watermark request is needed then)."""
 
     topic: str
     partition: int
     start: int | None = None
     stop: int | None = None
+    tail: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,8 @@ class PartitionReader:
         self.bootstrap = kafka.bootstrap_servers
         self.timeout = timeout
         self._down: str | None = None
+        # (topic, partition) -> the first offset the last read of it returned.
+        self.first_seen: dict[tuple[str, int], int] = {}
         self._consumer = assign_only_consumer(
             kafka,
             overrides={
@@ -112,6 +120,9 @@ class PartitionReader:
                 "fetch.max.bytes": 52428800,
                 "max.partition.fetch.bytes": 16777216,
                 "socket.connection.setup.timeout.ms": max(int(timeout * 1000), 1000),
+                # The broker answers a fetch at the end of a partition at once (end-of-partition
+                # is known from that answer) instead of holding it for new records.
+                "fetch.wait.max.ms": 10,
             },
         )
 
@@ -213,49 +224,59 @@ class PartitionReader:
         timeout: float,
     ) -> None:
         deadline = time.monotonic() + timeout
-        stops: dict[tuple[str, int], int] = {}
+        # (topic, partition) -> stop offset, or None: until end-of-partition.
+        open_: dict[tuple[str, int], int | None] = {}
         assignment: list[TopicPartition] = []
         for r in ranges:
-            low, high = self.watermarks(r.topic, r.partition)
-            start = low if r.start is None else max(r.start, low)
-            stop = high if r.stop is None else min(r.stop, high)
-            if start >= stop:
-                continue
-            stops[(r.topic, r.partition)] = stop
-            offset = OFFSET_BEGINNING if r.start is None else start
+            if r.stop is not None:
+                low, high = self.watermarks(r.topic, r.partition)
+                stop = min(r.stop, high)
+                start = low if r.start is None else max(r.start, low)
+                if start >= stop:
+                    continue
+                offset = start
+            elif r.tail is not None:
+                offset, stop = _OFFSET_TAIL_BASE - r.tail, None
+            else:
+                offset, stop = (OFFSET_BEGINNING if r.start is None else r.start), None
+            open_[(r.topic, r.partition)] = stop
+            self.first_seen.pop((r.topic, r.partition), None)
             assignment.append(TopicPartition(r.topic, r.partition, offset))
         if not assignment:
             return
         consumer = self._consumer
         consumer.assign(assignment)
         try:
-            while stops:
+            while open_:
                 if time.monotonic() > deadline:
                     raise self._unreachable(
-                        f"partitions {sorted(stops)} not read within {timeout:.0f}s"
+                        f"partitions {sorted(open_)} not read within {timeout:.0f}s"
                     )
                 if self._down is not None:
                     raise self._unreachable("connection lost")
-                batch: list[Any] = consumer.consume(num_messages=10000, timeout=0.5)
+                # A short wait: consume() waits the whole timeout unless the batch fills.
+                batch: list[Any] = consumer.consume(num_messages=10000, timeout=0.02)
                 for msg in batch:
                     err = msg.error()
+                    where = (msg.topic(), msg.partition())
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
-                            stops.pop((msg.topic(), msg.partition()), None)
+                            open_.pop(where, None)
                         elif err.fatal() or not err.retriable():
                             raise self._unreachable(str(err))
                         continue
-                    where = (msg.topic(), msg.partition())
-                    end = stops.get(where)
-                    if end is None:
+                    if where not in open_:
                         continue
-                    if msg.offset() >= end:
-                        del stops[where]
+                    if where not in self.first_seen:
+                        self.first_seen[where] = msg.offset()
+                    end = open_[where]
+                    if end is not None and msg.offset() >= end:
+                        del open_[where]
                         continue
                     if wanted(msg):
                         keep(msg)
-                    if msg.offset() + 1 >= end:
-                        del stops[where]
+                    if end is not None and msg.offset() + 1 >= end:
+                        del open_[where]
         except KafkaException as exc:
             raise self._unreachable(str(exc)) from exc
         finally:

@@ -86,8 +86,8 @@ class ResultsWindow:
     """Which offsets of the results partition were read for the latest results."""
 
     partition: int
-    from_offset: int
-    to_offset: int
+    from_offset: int | None  # None: the partition held no records
+    to_offset: int | None  # None: its end as the read got there
     complete: bool  # the whole partition was read
 
 
@@ -233,25 +233,22 @@ class StateLookup:
         ranges = [Range(self.topics.state, first)]
         if n_dlq is not None:
             ranges.append(Range(self.topics.dlq, default_partition(key, n_dlq)))
-        tail_from: int | None = None
-        tail_to: int | None = None
         if n_results is not None and first < n_results:
-            low, high = self.reader.watermarks(self.topics.results, first)
-            tail_to, tail_from = high, max(low, high - RESULTS_WINDOW)
-            ranges.append(Range(self.topics.results, first, tail_from, tail_to))
+            ranges.append(Range(self.topics.results, first, tail=RESULTS_WINDOW))
         found = self.reader.scan(ranges, {key, marker_key(subscription_id)})
         state_records = [f for f in found if f.topic == self.topics.state]
         state = self._state_of(subscription_id, state_records)
+        tail_read = True
         if state is None:
             state = self.find_elsewhere(subscription_id, first)
-            tail_from = tail_to = None
+            tail_read = False
         facts = SubscriptionFacts(state)
         facts.dead_letters = [
             _dead_letter(f) for f in found if f.topic == self.topics.dlq and f.key == key
         ]
-        results = [f for f in found if f.topic == self.topics.results and f.key == key]
         if n_results is not None and state.partition < n_results:
-            self._latest_results(facts, key, results, tail_from, tail_to, last_results)
+            results = [f for f in found if f.topic == self.topics.results and f.key == key]
+            self._latest_results(facts, key, results if tail_read else None, last_results)
         return facts
 
     def find_elsewhere(self, subscription_id: str, skip: int) -> KnownState:
@@ -267,26 +264,28 @@ class StateLookup:
         return state
 
     def _latest_results(
-        self,
-        facts: SubscriptionFacts,
-        key: bytes,
-        found: list[Found],
-        tail_from: int | None,
-        tail_to: int | None,
-        wanted: int,
+        self, facts: SubscriptionFacts, key: bytes, found: list[Found] | None, wanted: int
     ) -> None:
-        p = facts.state.partition
-        low, high = self.reader.watermarks(self.topics.results, p)
-        if tail_from is None or tail_to is None:
-            tail_to, tail_from = high, max(low, high - RESULTS_WINDOW)
-            found = self.reader.scan([Range(self.topics.results, p, tail_from, tail_to)], {key})
-        window = RESULTS_WINDOW
-        while len(found) < wanted and tail_from > low and tail_to - tail_from < RESULTS_MAX_SCAN:
-            window *= 2
-            start = max(low, tail_from - window)
-            older = self.reader.scan([Range(self.topics.results, p, start, tail_from)], {key})
-            found = older + found
-            tail_from = start
+        """The subscription's last `wanted` results: the partition's tail first (already read
+        with the state, unless the state was found elsewhere), then older windows, twice as
+        large each time, until enough are found, the partition's start or RESULTS_MAX_SCAN."""
+        topic, p = self.topics.results, facts.state.partition
+        if found is None:
+            found = self.reader.scan([Range(topic, p, tail=RESULTS_WINDOW)], {key})
+        tail_from = self.reader.first_seen.get((topic, p))
+        complete = tail_from is None or tail_from == 0  # an empty partition, or all of it
+        to_offset = None
+        if len(found) < wanted and not complete and tail_from is not None:
+            low, high = self.reader.watermarks(topic, p)
+            to_offset = high
+            window = RESULTS_WINDOW
+            while len(found) < wanted and tail_from > low and high - tail_from < RESULTS_MAX_SCAN:
+                window *= 2
+                start = max(low, tail_from - window)
+                older = self.reader.scan([Range(topic, p, start, tail_from)], {key})
+                found = older + found
+                tail_from = start
+            complete = tail_from <= low
         seen: list[SeenResult] = []
         for f in found:
             if f.value is None:
@@ -296,7 +295,7 @@ class StateLookup:
             except DecodeError:
                 facts.undecodable_results += 1
         facts.results = seen[-wanted:] if wanted > 0 else []
-        facts.results_window = ResultsWindow(p, tail_from, tail_to, tail_from <= low)
+        facts.results_window = ResultsWindow(p, tail_from, to_offset, complete)
 
 
 def _dead_letter(f: Found) -> DeadLetter:
