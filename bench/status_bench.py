@@ -27,8 +27,9 @@ import yaml
 from confluent_kafka import Producer
 
 from icareus_bridge.codec import Codec
-from icareus_bridge.config import default_config_path
+from icareus_bridge.config import default_config_path, load_settings
 from icareus_bridge.core.model import LifeCycleState, ProvisioningResult, RequestType
+from icareus_bridge.ops.state_lookup import StateLookup
 from icareus_bridge.pipeline.dead_letter import Origin, dead_letter_headers
 from planner_bench import (  # bench/planner_bench.py, beside this script
     PARTITIONS,
@@ -143,6 +144,15 @@ def time_status(config: Path, sid: str) -> tuple[float, int]:
     return time.perf_counter() - started, out.returncode
 
 
+def time_lookup(config: Path, sid: str) -> tuple[float, float]:
+    """The Kafka reads alone, in this process: (wall seconds, CPU seconds of all threads)."""
+    settings = load_settings(config)
+    wall, cpu = time.perf_counter(), time.process_time()
+    with StateLookup(settings) as lookup:
+        lookup.facts(sid)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--states", type=int, default=1_000_000)
@@ -162,12 +172,20 @@ def main() -> int:
         rng = random.Random(3)
         time_status(config, "bench-0000000")  # warm-up (page cache, broker)
         runs: list[float] = []
+        reads: list[tuple[float, float]] = []
         for _ in range(args.runs):
             sid = f"bench-{rng.randrange(args.states):07d}"
             seconds, rc = time_status(config, sid)
             assert rc == 0, f"status of {sid} exited {rc}"
             runs.append(seconds)
-            print(f"  run: {sid} {seconds:.2f} s", file=sys.stderr)
+            reads.append(time_lookup(config, sid))
+            print(
+                f"  run: {sid} {seconds:.2f} s (reads alone {reads[-1][0]:.2f} s wall, "
+                f"{reads[-1][1]:.2f} s CPU)",
+                file=sys.stderr,
+            )
+        read_wall = statistics.median(r[0] for r in reads)
+        read_cpu = statistics.median(r[1] for r in reads)
         unknown, rc = time_status(config, "bench-unknown")
         assert rc == 2, f"status of an unknown id exited {rc}"
         started = time.perf_counter()
@@ -177,7 +195,8 @@ def main() -> int:
         load = os.getloadavg()[0]
         print(
             f"{NAME}: median {median:.2f} s over {args.runs} runs (min {min(runs):.2f}, max "
-            f"{max(runs):.2f}); unknown id {unknown:.2f} s; `status --help` {start_up:.2f} s; "
+            f"{max(runs):.2f}); Kafka reads alone {read_wall:.2f} s wall, {read_cpu:.2f} s CPU; "
+            f"unknown id {unknown:.2f} s; `status --help` {start_up:.2f} s; "
             f"load average {load:.1f}; target < {TARGET_SECONDS:.0f} s"
         )
         if not args.no_record:
@@ -188,7 +207,8 @@ def main() -> int:
                 f"{median:.2f} s",
                 f"< {TARGET_SECONDS:.0f} s",
                 f"{median / TARGET_SECONDS:.2f}× the budget; wall clock of the whole "
-                f"subprocess (interpreter start and imports alone: {start_up:.2f} s); "
+                f"subprocess (interpreter start and imports alone: {start_up:.2f} s; the Kafka "
+                f"reads in-process: median {read_wall:.2f} s wall, {read_cpu:.2f} s CPU); "
                 f"{args.states:,} subscriptions in {PARTITIONS} partitions (one partition "
                 f"read), {args.results:,} results (tail window read), {args.dead_letters:,} "
                 f"dead letters; an unknown id (every partition read) {unknown:.2f} s; load "

@@ -201,7 +201,7 @@ class PartitionReader:
                 )
             )
 
-        self._read(ranges, lambda msg: msg.key() in keys, keep, timeout)
+        self._read(ranges, keys, keep, timeout)
         return found
 
     def read_all(self, ranges: Iterable[Range], visit: Visit, *, timeout: float = 600.0) -> int:
@@ -213,16 +213,18 @@ class PartitionReader:
             count += 1
             visit(msg.partition(), msg.offset(), _timestamp(msg), msg.key(), msg.value())
 
-        self._read(ranges, lambda msg: msg.key() is not None, each, timeout)
+        self._read(ranges, None, each, timeout)
         return count
 
     def _read(
         self,
         ranges: Iterable[Range],
-        wanted: Callable[[Any], bool],
+        keys: set[bytes] | None,
         keep: Callable[[Any], None],
         timeout: float,
     ) -> None:
+        """Feed the committed records of `ranges` whose key is in `keys` (None: every keyed
+        record) to `keep`, each range up to its stop or end-of-partition."""
         deadline = time.monotonic() + timeout
         # (topic, partition) -> stop offset, or None: until end-of-partition.
         open_: dict[tuple[str, int], int | None] = {}
@@ -245,6 +247,8 @@ class PartitionReader:
         if not assignment:
             return
         consumer = self._consumer
+        bounded = any(stop is not None for stop in open_.values())
+        unseen = set(open_)  # partitions whose first offset is not known yet
         consumer.assign(assignment)
         try:
             while open_:
@@ -257,6 +261,16 @@ class PartitionReader:
                 # A short wait: consume() waits the whole timeout unless the batch fills.
                 batch: list[Any] = consumer.consume(num_messages=10000, timeout=0.02)
                 for msg in batch:
+                    key = msg.key()
+                    # The hot path of a lookup: a record of another key, nothing to track.
+                    if (
+                        keys is not None
+                        and key is not None
+                        and key not in keys
+                        and not bounded
+                        and not unseen
+                    ):
+                        continue
                     err = msg.error()
                     where = (msg.topic(), msg.partition())
                     if err is not None:
@@ -267,13 +281,14 @@ class PartitionReader:
                         continue
                     if where not in open_:
                         continue
-                    if where not in self.first_seen:
+                    if where in unseen:
+                        unseen.discard(where)
                         self.first_seen[where] = msg.offset()
                     end = open_[where]
                     if end is not None and msg.offset() >= end:
                         del open_[where]
                         continue
-                    if wanted(msg):
+                    if key is not None and (keys is None or key in keys):
                         keep(msg)
                     if end is not None and msg.offset() + 1 >= end:
                         del open_[where]

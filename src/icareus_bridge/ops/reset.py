@@ -376,8 +376,14 @@ async def _dry_run(
     async with IcareusClient(settings.icareus) as client:
         for known in targets:
             if known.record.snapshot is None:
-                if progress is not None:
-                    progress.advance()
+                if progress is None:
+                    print(
+                        f"{PROG}: --subscription {known.record.subscription_id}: the bridge "
+                        "holds no CRM snapshot of it (no event was applied yet)",
+                        file=sys.stderr,
+                    )
+                    return EXIT_REFUSED
+                progress.advance()
                 continue
             await asyncio.sleep(limit.delay())
             view = render_preview(await preview(client, known, settings))
