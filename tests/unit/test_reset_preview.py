@@ -181,3 +181,13 @@ def test_bad_flags_exit_2_naming_the_argument(
 
     assert exc.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def test_progress_on_a_terminal_draws_a_rich_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = Progress(2, "reset", tty=True)
+    progress.advance("(0 refused)")
+    progress.advance("(1 refused)")
+    progress.close()
+
+    err = capsys.readouterr().err
+    assert "reset (1 refused)" in err and "2/2" in err
