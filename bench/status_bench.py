@@ -210,8 +210,9 @@ def main() -> int:
                 f"subprocess (interpreter start and imports alone: {start_up:.2f} s; the Kafka "
                 f"reads in-process: median {read_wall:.2f} s wall, {read_cpu:.2f} s CPU); "
                 f"{args.states:,} subscriptions in {PARTITIONS} partitions (one partition "
-                f"read), {args.results:,} results (tail window read), {args.dead_letters:,} "
-                f"dead letters; an unknown id (every partition read) {unknown:.2f} s; load "
+                f"read), {args.results:,} results (fewer than 10 per subscription: the "
+                f"results partition is read back to its start), {args.dead_letters:,} dead "
+                f"letters; an unknown id (every partition read) {unknown:.2f} s; load "
                 f"average {load:.1f}; runs: {', '.join(f'{r:.2f}' for r in runs)}",
             )
     return 0

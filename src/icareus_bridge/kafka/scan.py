@@ -114,11 +114,15 @@ class PartitionReader:
             kafka,
             overrides={
                 "error_cb": self._on_error,
-                # A lookup reads whole partitions as fast as the broker sends them.
-                "queued.min.messages": 100000,
-                "queued.max.messages.kbytes": 131072,
-                "fetch.max.bytes": 52428800,
-                "max.partition.fetch.bytes": 16777216,
+                # A lookup reads whole partitions as fast as the broker sends them: large
+                # fetches, and prefetch that keeps fetching while the records are looked at
+                # (measured: a 167k-record partition read in half the time of 16 MiB fetches
+                # with a 100k-record queue). Memory: up to a partition's size per partition.
+                "queued.min.messages": 1000000,
+                "queued.max.messages.kbytes": 524288,
+                "fetch.max.bytes": 134217728,
+                "max.partition.fetch.bytes": 134217728,
+                "receive.message.max.bytes": 200000000,
                 "socket.connection.setup.timeout.ms": max(int(timeout * 1000), 1000),
                 # The broker answers a fetch at the end of a partition at once (end-of-partition
                 # is known from that answer) instead of holding it for new records.
