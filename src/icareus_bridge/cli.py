@@ -60,6 +60,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def _config_file(text: str) -> Path:
     # Checked while parsing, so every command (built or not) reports a bad --config the same way.
     path = Path(text)
@@ -189,10 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     reset = command("reset", "CRM's reset utility: bring Icareus back in line with CRM")
     target = reset.add_mutually_exclusive_group(required=True)
     target.add_argument("--subscription", metavar="ID")
-    target.add_argument("--all", action="store_true")
+    target.add_argument("--all", action="store_true", help="every subscription the bridge knows")
+    reset.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what Icareus holds against what it should hold, and the requests; send nothing",
+    )
+    reset.add_argument(
+        "--rate", type=_positive_float, default=None, help="subscriptions per second at most"
+    )
+    reset.add_argument("--json", action="store_true", help="with --dry-run: one JSON line each")
 
     status = command("status", "what the bridge knows about one subscription, as JSON")
     status.add_argument("--subscription", required=True, metavar="ID")
+    status.add_argument(
+        "--results", type=_non_negative_int, default=10, metavar="N", help="latest results shown"
+    )
     return parser
 
 
