@@ -5,7 +5,9 @@ exactly-once or state restore (a state topic that is not compacted or not co-par
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported at runtime
@@ -21,6 +23,49 @@ from icareus_bridge.kafka.clients import base_config
 
 class StartupError(Exception):
     """The broker's topic layout does not fit the bridge; the message names topic and setting."""
+
+
+class BrokerUnreachable(StartupError):
+    """No broker answered within `kafka.startup_wait_seconds`."""
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def wait_for_broker(
+    kafka: KafkaSettings,
+    stop: StopFlag,
+    *,
+    on_wait: Callable[[float, str], None] | None = None,
+    attempt_seconds: float = 2.0,
+    report_every: float = 10.0,
+) -> bool:
+    """Ask for cluster metadata until a broker answers (True) or `stop` is set (False).
+    `kafka.startup_wait_seconds` > 0 bounds the wait: then `BrokerUnreachable`. `on_wait`
+    hears (seconds waited, last error) about every `report_every` seconds."""
+    admin = _admin(kafka)
+    limit = kafka.startup_wait_seconds
+    started = time.monotonic()
+    next_report = started + report_every
+    while not stop.is_set():
+        try:
+            admin.list_topics(timeout=attempt_seconds)
+            return True
+        except KafkaException as exc:
+            last = str(exc.args[0] if exc.args else exc)
+        now = time.monotonic()
+        if limit > 0 and now - started >= limit:
+            raise BrokerUnreachable(
+                f"kafka.bootstrap_servers={kafka.bootstrap_servers}: no broker answered within "
+                f"{limit:g} s (kafka.startup_wait_seconds; 0 waits for ever): {last}"
+            )
+        if on_wait is not None and now >= next_report:
+            on_wait(now - started, last)
+            next_report = now + report_every
+        stop.wait(0.5)
+    return False
 
 
 @dataclass(frozen=True, slots=True)

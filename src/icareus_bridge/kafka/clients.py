@@ -199,6 +199,13 @@ def foreign_topics(subscribed: Iterable[str], partitions: Iterable[TopicPartitio
     return sorted({tp.topic for tp in partitions if tp.topic not in wanted})
 
 
+def is_fatal(err: Any) -> bool:
+    """A client error after which the client cannot be used: librdkafka flags some errors
+    fatal itself and reports others (a static consumer fenced by another with the same
+    group.instance.id) to the consumer as a `_FATAL` error event."""
+    return bool(err is not None and (err.fatal() or err.code() == KafkaError._FATAL))
+
+
 def is_all_brokers_down(err: Any) -> bool:
     """A client error saying no broker of the cluster can be reached."""
     return bool(err is not None and err.code() == KafkaError._ALL_BROKERS_DOWN)

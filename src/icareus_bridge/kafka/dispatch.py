@@ -21,7 +21,7 @@ from confluent_kafka import (
 from icareus_bridge.config import KafkaSettings
 from icareus_bridge.kafka.checkpoint import Checkpoint, OutboundRecord
 from icareus_bridge.kafka.clients import consumer as group_consumer
-from icareus_bridge.kafka.clients import foreign_topics, transactional_producer
+from icareus_bridge.kafka.clients import foreign_topics, is_fatal, transactional_producer
 
 Header = tuple[str, bytes]
 PartitionsCallback = Callable[[list[int]], None]
@@ -114,7 +114,7 @@ class RequestsConsumer:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                if err.fatal():
+                if is_fatal(err):
                     raise ConsumerFailed(f"topic {self.topic}: {err}")
                 continue  # transient: librdkafka retries by itself
             ts_type, ts = msg.timestamp()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from icareus_bridge.kafka.dispatch import (
     DispatchTransactions,
     RequestsConsumer,
 )
+from icareus_bridge.kafka.identity import resolve_instance_id
 from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.logging import get_logger
 from icareus_bridge.observability.metrics import Metrics
@@ -141,7 +141,7 @@ class GaveUp(Exception):
 
 
 def default_instance_id(settings: Settings) -> str:
-    return settings.dispatcher.instance_id or socket.gethostname()
+    return resolve_instance_id(settings.dispatcher.instance_id)
 
 
 def _now_ms() -> int:

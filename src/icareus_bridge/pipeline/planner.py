@@ -11,7 +11,6 @@ the state store and the rebalance protocol around it.
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from icareus_bridge.kafka.checkpoint import (
     TransactionAborted,
     TransactionFatal,
 )
+from icareus_bridge.kafka.identity import resolve_instance_id
 from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.logging import get_logger
 from icareus_bridge.observability.metrics import Metrics
@@ -261,7 +261,7 @@ class PlannerLogic:
 
 
 def default_instance_id(settings: Settings) -> str:
-    return settings.planner.instance_id or socket.gethostname()
+    return resolve_instance_id(settings.planner.instance_id)
 
 
 class Planner:
@@ -339,7 +339,7 @@ class Planner:
 
     def _on_client_error(self, err: Any) -> None:
         self.log.warning("kafka client error", error=str(err))
-        if err.fatal() and self._fatal is None:
+        if clients.is_fatal(err) and self._fatal is None:
             self._fatal = self._fatal_error(err)
         if clients.is_all_brokers_down(err):
             self._brokers_down = True
@@ -506,7 +506,7 @@ class Planner:
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.fatal():
+                if clients.is_fatal(err):
                     raise self._fatal_error(err)
                 if not clients.is_partition_eof(err):
                     self.log.warning("consumer error", error=str(err))
