@@ -140,6 +140,8 @@ def main(args: argparse.Namespace) -> int:
     readiness = Readiness()
     bootstrap = settings.kafka.bootstrap_servers
     readiness.register(STARTUP_CHECK, f"waiting for the Kafka broker at {bootstrap}")
+    for role in roles:  # each role's own check (named after it) is false until it says ready
+        readiness.register(role.name, "waiting for partitions")
     try:
         server = HealthServer(settings.http.host, settings.http.port, metrics, readiness).start()
     except OSError as exc:
