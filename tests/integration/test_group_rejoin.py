@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,15 @@ from icareus_bridge.icareus.simulator import (
     SimulatorHandle,
     start_simulator_thread,
 )
-from tests.e2e.harness import Bridge, Crm, CrmSubscription, bridge_config, service
+from tests.e2e.harness import (
+    CODEC,
+    WAIT_SECONDS,
+    Bridge,
+    CrmSubscription,
+    bridge_config,
+    service,
+)
+from tests.integration.planner_support import produce_events, read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -61,20 +70,30 @@ def assigned_partitions(bridge: Bridge, logger: str) -> list[Any]:
     return out
 
 
+def provision_one_subscription(bootstrap: str, topics: dict[str, str]) -> list[Any]:
+    """A new subscriber published on `topics`; its results, once both requests have one.
+    Reads with `assign()` (no group to join or leave), from the start of the results topic."""
+    sub = CrmSubscription(f"rejoin-{uuid.uuid4().hex[:8]}")
+    ev = sub.act(
+        "BECOME_SUBSCRIBER",
+        state=SubscriptionState.EFFECTIVE,
+        services=(service("s1", "BASIC-TV", "ICAREUS-VP1"),),
+    )
+    produce_events(bootstrap, topics["input"], [ev])
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        records = read_topic(bootstrap, topics["results"], timeout=10)
+        mine = [CODEC.decode_result(r.value) for r in records if r.value is not None]
+        mine = [r for r in mine if r.event_id == ev.event_id]
+        if len(mine) >= 2:
+            return sorted(mine, key=lambda r: r.sequence)
+        time.sleep(0.5)
+    raise AssertionError(f"no 2 results of event {ev.event_id} within {WAIT_SECONDS} s")
+
+
 def one_subscription_is_provisioned(bridge: Bridge, bootstrap: str) -> None:
     """A new subscriber on the bridge's current topics gets its two requests done."""
-    crm = Crm(bootstrap, bridge.topics)
-    try:
-        sub = CrmSubscription(f"rejoin-{uuid.uuid4().hex[:8]}")
-        ev = sub.act(
-            "BECOME_SUBSCRIBER",
-            state=SubscriptionState.EFFECTIVE,
-            services=(service("s1", "BASIC-TV", "ICAREUS-VP1"),),
-        )
-        crm.publish(ev)
-        results = crm.results_of(ev, 2)
-    finally:
-        crm.close()
+    results = provision_one_subscription(bootstrap, bridge.topics)
     assert [(r.type, r.life_cycle_state) for r in results] == [
         ("ADD_USER", "COMPLETED"),
         ("ACTIVATE_PRODUCTS", "COMPLETED"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,13 @@ from typing import Any
 import pytest
 
 from icareus_bridge.config import Settings
-from icareus_bridge.core.model import SubscriptionState
 from icareus_bridge.icareus.simulator import (
     SimulatorConfig,
     SimulatorHandle,
     start_simulator_thread,
 )
-from tests.e2e.harness import Bridge, Crm, CrmSubscription, bridge_config, free_port, service
+from tests.e2e.harness import Bridge, bridge_config, free_port
+from tests.integration.test_group_rejoin import provision_one_subscription
 
 pytestmark = pytest.mark.kafka
 
@@ -53,18 +52,7 @@ def second_process(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def provisioned(bridge: Bridge, bootstrap: str) -> None:
-    crm = Crm(bootstrap, bridge.topics)
-    try:
-        sub = CrmSubscription(f"ident-{uuid.uuid4().hex[:8]}")
-        ev = sub.act(
-            "BECOME_SUBSCRIBER",
-            state=SubscriptionState.EFFECTIVE,
-            services=(service("s1", "BASIC-TV", "ICAREUS-VP1"),),
-        )
-        crm.publish(ev)
-        results = crm.results_of(ev, 2)
-    finally:
-        crm.close()
+    results = provision_one_subscription(bootstrap, bridge.topics)
     assert [r.life_cycle_state for r in results] == ["COMPLETED", "COMPLETED"], bridge.log_tail()
 
 
