@@ -22,8 +22,8 @@ from icareus_bridge.config import Settings, load_settings
 from icareus_bridge.kafka.admin import StartupError, ensure_topics, wait_for_broker
 from icareus_bridge.kafka.clients import FatalClientError
 from icareus_bridge.kafka.identity import (
+    IdentityError,
     InstanceClaim,
-    InstanceInUse,
     claim_instance,
     resolve_instance_id,
 )
@@ -98,14 +98,15 @@ def _install_signal_handlers(stop: threading.Event, log: Any) -> None:
 
 
 def _claim_ids(settings: Settings, roles: list[_Role]) -> list[InstanceClaim]:
-    """Each role's instance ids for this process (`InstanceInUse` if another process has them)."""
+    """Each role's instance ids for this process (`IdentityError`, e.g. another process has
+    them)."""
     claims: list[InstanceClaim] = []
     for role in roles:
         section = settings.planner if role.name == "planner" else settings.dispatcher
         instance = resolve_instance_id(section.instance_id)
         try:
             claims.append(claim_instance(settings.kafka, role.name, section.group_id, instance))
-        except InstanceInUse:
+        except IdentityError:
             for claim in claims:
                 claim.release()
             raise
@@ -131,11 +132,19 @@ def main(args: argparse.Namespace) -> int:
     # Before any Kafka work: a second process with these ids would fence the first.
     try:
         claims = _claim_ids(settings, roles)
-    except InstanceInUse as exc:
+    except IdentityError as exc:
         log.error("start-up refused", error=str(exc))
         print(f"icareus-bridge run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    try:
+        return _serve(settings, roles, role_arg, log)
+    finally:
+        for claim in claims:
+            claim.release()
 
+
+def _serve(settings: Settings, roles: list[_Role], role_arg: str, log: Any) -> int:
+    """Everything after the ids are claimed: HTTP, the broker wait, topics, the roles."""
     metrics = Metrics()
     readiness = Readiness()
     bootstrap = settings.kafka.bootstrap_servers
@@ -212,8 +221,6 @@ def main(args: argparse.Namespace) -> int:
             if x.thread is not None:
                 x.thread.join(timeout=0.2)
     server.stop()
-    for claim in claims:
-        claim.release()
     failed = [x.name for x in roles if x.error is not None]
     if failed:
         for x in roles:

@@ -26,7 +26,11 @@ def resolve_instance_id(configured: str) -> str:
     return configured or socket.gethostname()
 
 
-class InstanceInUse(Exception):
+class IdentityError(Exception):
+    """The ids cannot be claimed for this process; the message says what to change."""
+
+
+class InstanceInUse(IdentityError):
     """Another live process on this host holds the same ids; the message names the setting."""
 
 
@@ -56,8 +60,14 @@ def lock_path(kafka: KafkaSettings, role: str, group_id: str, instance: str) -> 
 def claim_instance(kafka: KafkaSettings, role: str, group_id: str, instance: str) -> InstanceClaim:
     """Claim `role`'s ids for this process; `InstanceInUse` when another process has them."""
     path = lock_path(kafka, role, group_id, instance)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+", encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+", encoding="utf-8")
+    except OSError as exc:
+        raise IdentityError(
+            f"cannot create the lock file {path} that keeps {role}.instance_id '{instance}' to "
+            f"one process on this host: {exc} (the directory is $TMPDIR/{LOCK_DIR_NAME})"
+        ) from exc
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -79,6 +89,7 @@ def claim_instance(kafka: KafkaSettings, role: str, group_id: str, instance: str
 
 
 __all__ = [
+    "IdentityError",
     "InstanceClaim",
     "InstanceInUse",
     "claim_instance",
