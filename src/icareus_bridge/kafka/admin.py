@@ -182,13 +182,18 @@ def ensure_topics(
 
 
 def unowned_partitions(
-    kafka: KafkaSettings, group_id: str, topic: str, *, timeout: float = 5.0
+    kafka: KafkaSettings,
+    group_id: str,
+    topic: str,
+    *,
+    timeout: float = 5.0,
+    admin: AdminClient | None = None,
 ) -> list[int] | None:
     """Partitions of `topic` that no member of consumer group `group_id` holds, as the group
     coordinator describes the group (a dead static member still holds its partitions until its
     session times out); None while the group is not Stable (a rebalance is under way).
     Raises `KafkaException` when the broker does not answer."""
-    admin = _admin(kafka)
+    admin = admin if admin is not None else _admin(kafka)
     md = admin.list_topics(topic, timeout=timeout).topics.get(topic)
     if md is None or md.error is not None:
         return []
@@ -227,6 +232,7 @@ class OwnershipWatch:
     patience: int = 2
     _last: float = field(default=float("-inf"), init=False)
     _unowned_seen: int = field(default=0, init=False)
+    _admin: AdminClient | None = field(default=None, init=False)
 
     def reset(self) -> None:
         self._unowned_seen = 0
@@ -238,7 +244,11 @@ class OwnershipWatch:
             return None
         self._last = now
         try:
-            unowned = unowned_partitions(self.kafka, self.group_id, self.topic, timeout=2.0)
+            if self._admin is None:
+                self._admin = _admin(self.kafka)
+            unowned = unowned_partitions(
+                self.kafka, self.group_id, self.topic, timeout=2.0, admin=self._admin
+            )
         except Exception:  # the broker's answer is what is missing: readiness sees it elsewhere
             return None
         if unowned is None:
