@@ -65,6 +65,8 @@ class KafkaSettings(_Section):
     partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     transactional_id_prefix: str = "icareus-bridge"
+    # How long `run` waits at start for a broker to answer before it exits 4; 0 = for ever.
+    startup_wait_seconds: float = Field(default=120.0, ge=0)
     extra: dict[str, str] = Field(default_factory=dict)
 
     def client_config(self) -> dict[str, Any]:

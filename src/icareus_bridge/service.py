@@ -1,7 +1,8 @@
-"""`icareus-bridge run`: the service process. Loads the configuration, sets up logging and the
-topics, serves /metrics, /healthz and /readyz, and runs the planner and/or the dispatcher in
-their own threads until SIGTERM (or SIGINT): the first signal lets each role finish its open
-transaction and exit 0; a second one exits at once."""
+"""`icareus-bridge run`: the service process. Loads the configuration, claims its instance ids
+on this host, serves /metrics, /healthz and /readyz, waits for the broker (saying so, with its
+address), sets up the topics, and runs the planner and/or the dispatcher in their own threads
+until SIGTERM (or SIGINT): the first signal lets each role finish its open transaction and exit
+0; a second one exits at once."""
 
 from __future__ import annotations
 
@@ -18,14 +19,24 @@ from types import FrameType
 from typing import Any
 
 from icareus_bridge.config import Settings, load_settings
-from icareus_bridge.kafka.admin import StartupError, ensure_topics
+from icareus_bridge.kafka.admin import StartupError, ensure_topics, wait_for_broker
+from icareus_bridge.kafka.clients import FatalClientError
+from icareus_bridge.kafka.identity import (
+    IdentityError,
+    InstanceClaim,
+    claim_instance,
+    resolve_instance_id,
+)
 from icareus_bridge.observability.http import HealthServer, Readiness
 from icareus_bridge.observability.logging import configure_logging, get_logger
 from icareus_bridge.observability.metrics import Metrics
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_CONFIG = 2
 EXIT_STARTUP = 4
+# Readiness check of the start-up itself (broker reached, topics set up).
+STARTUP_CHECK = "startup"
 EXIT_FORCED = 130
 
 # A role runs until the stop event is set, then returns (raising means it failed).
@@ -86,6 +97,22 @@ def _install_signal_handlers(stop: threading.Event, log: Any) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
+def _claim_ids(settings: Settings, roles: list[_Role]) -> list[InstanceClaim]:
+    """Each role's instance ids for this process (`IdentityError`, e.g. another process has
+    them)."""
+    claims: list[InstanceClaim] = []
+    for role in roles:
+        section = settings.planner if role.name == "planner" else settings.dispatcher
+        instance = resolve_instance_id(section.instance_id)
+        try:
+            claims.append(claim_instance(settings.kafka, role.name, section.group_id, instance))
+        except IdentityError:
+            for claim in claims:
+                claim.release()
+            raise
+    return claims
+
+
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.logging.level, settings.logging.format)
@@ -102,12 +129,68 @@ def main(args: argparse.Namespace) -> int:
             print(f"icareus-bridge run: the dispatcher is not available: {exc}", file=sys.stderr)
             return EXIT_STARTUP
 
+    # Before any Kafka work: a second process with these ids would fence the first.
     try:
+        claims = _claim_ids(settings, roles)
+    except IdentityError as exc:
+        log.error("start-up refused", error=str(exc))
+        print(f"icareus-bridge run: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return _serve(settings, roles, role_arg, log)
+    finally:
+        for claim in claims:
+            claim.release()
+
+
+def _serve(settings: Settings, roles: list[_Role], role_arg: str, log: Any) -> int:
+    """Everything after the ids are claimed: HTTP, the broker wait, topics, the roles."""
+    metrics = Metrics()
+    readiness = Readiness()
+    bootstrap = settings.kafka.bootstrap_servers
+    readiness.register(STARTUP_CHECK, f"waiting for the Kafka broker at {bootstrap}")
+    for role in roles:  # each role's own check (named after it) is false until it says ready
+        readiness.register(role.name, "waiting for partitions")
+    try:
+        server = HealthServer(settings.http.host, settings.http.port, metrics, readiness).start()
+    except OSError as exc:
+        message = f"http.port={settings.http.port}: cannot listen on {settings.http.host}: {exc}"
+        log.error("start-up refused", error=message)
+        print(f"icareus-bridge run: {message}", file=sys.stderr)
+        return EXIT_CONFIG
+    log.info("http listening", host=settings.http.host, port=server.port, roles=role_arg)
+
+    stop = threading.Event()
+    _install_signal_handlers(stop, log)
+
+    limit = settings.kafka.startup_wait_seconds
+    log.info(
+        "waiting for the Kafka broker",
+        bootstrap_servers=bootstrap,
+        wait_limit_seconds=limit if limit > 0 else "none",
+    )
+    try:
+        if not wait_for_broker(
+            settings.kafka,
+            stop,
+            on_wait=lambda waited, error: log.warning(
+                "still waiting for the Kafka broker",
+                bootstrap_servers=bootstrap,
+                waited_seconds=round(waited),
+                error=error,
+            ),
+        ):
+            server.stop()
+            log.info("stopped before the broker answered")
+            return EXIT_OK
+        readiness.set(STARTUP_CHECK, False, "setting up topics")
         reports = ensure_topics(settings.kafka, settings.topics)
     except StartupError as exc:
+        server.stop()
         log.error("start-up refused", error=str(exc))
         print(f"icareus-bridge run: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    log.info("kafka broker answered", bootstrap_servers=bootstrap)
     for r in reports:
         log.info(
             "topic ready",
@@ -116,14 +199,7 @@ def main(args: argparse.Namespace) -> int:
             created=r.created,
             cleanup_policy=r.cleanup_policy,
         )
-
-    metrics = Metrics()
-    readiness = Readiness()
-    server = HealthServer(settings.http.host, settings.http.port, metrics, readiness).start()
-    log.info("http listening", host=settings.http.host, port=server.port, roles=role_arg)
-
-    stop = threading.Event()
-    _install_signal_handlers(stop, log)
+    readiness.set(STARTUP_CHECK, True, "broker reached, topics ready")
     tune_gc()
 
     for role in roles:
@@ -147,6 +223,10 @@ def main(args: argparse.Namespace) -> int:
     server.stop()
     failed = [x.name for x in roles if x.error is not None]
     if failed:
+        for x in roles:
+            if isinstance(x.error, FatalClientError):
+                log.error("stage stopped on a fatal Kafka error", role=x.name, error=str(x.error))
+                print(f"icareus-bridge run: {x.error}", file=sys.stderr)
         log.error("stopped after a failure", roles=failed)
         return EXIT_FAILED
     log.info("stopped")

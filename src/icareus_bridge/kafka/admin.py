@@ -5,9 +5,11 @@ exactly-once or state restore (a state topic that is not compacted or not co-par
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported at runtime
     AdminClient,
     ConfigResource,
@@ -21,6 +23,49 @@ from icareus_bridge.kafka.clients import base_config
 
 class StartupError(Exception):
     """The broker's topic layout does not fit the bridge; the message names topic and setting."""
+
+
+class BrokerUnreachable(StartupError):
+    """No broker answered within `kafka.startup_wait_seconds`."""
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def wait_for_broker(
+    kafka: KafkaSettings,
+    stop: StopFlag,
+    *,
+    on_wait: Callable[[float, str], None] | None = None,
+    attempt_seconds: float = 2.0,
+    report_every: float = 10.0,
+) -> bool:
+    """Ask for cluster metadata until a broker answers (True) or `stop` is set (False).
+    `kafka.startup_wait_seconds` > 0 bounds the wait: then `BrokerUnreachable`. `on_wait`
+    hears (seconds waited, last error) about every `report_every` seconds."""
+    admin = _admin(kafka)
+    limit = kafka.startup_wait_seconds
+    started = time.monotonic()
+    next_report = started + report_every
+    while not stop.is_set():
+        try:
+            admin.list_topics(timeout=attempt_seconds)
+            return True
+        except KafkaException as exc:
+            last = str(exc.args[0] if exc.args else exc)
+        now = time.monotonic()
+        if limit > 0 and now - started >= limit:
+            raise BrokerUnreachable(
+                f"kafka.bootstrap_servers={kafka.bootstrap_servers}: no broker answered within "
+                f"{limit:g} s (kafka.startup_wait_seconds; 0 waits for ever): {last}"
+            )
+        if on_wait is not None and now >= next_report:
+            on_wait(now - started, last)
+            next_report = now + report_every
+        stop.wait(0.5)
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +179,92 @@ def ensure_topics(
         )
         for n in dict.fromkeys(wanted)
     ]
+
+
+def unowned_partitions(
+    kafka: KafkaSettings,
+    group_id: str,
+    topic: str,
+    *,
+    timeout: float = 5.0,
+    admin: AdminClient | None = None,
+) -> list[int] | None:
+    """Partitions of `topic` that no member of consumer group `group_id` holds, as the group
+    coordinator describes the group (a dead static member still holds its partitions until its
+    session times out); None while the group is not Stable (a rebalance is under way).
+    Raises `KafkaException` when the broker does not answer."""
+    admin = admin if admin is not None else _admin(kafka)
+    md = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+    if md is None or md.error is not None:
+        return []
+    described = admin.describe_consumer_groups([group_id], request_timeout=timeout)
+    group = described[group_id].result(timeout=timeout)
+    if group.state != ConsumerGroupState.STABLE:
+        return None
+    owned = {
+        tp.partition
+        for member in group.members
+        for tp in (member.assignment.topic_partitions if member.assignment else [])
+        if tp.topic == topic
+    }
+    return sorted(set(md.partitions) - owned)
+
+
+@dataclass
+class OwnershipVerdict:
+    """What `OwnershipWatch.check` found: ready or not, why, and whether to rejoin."""
+
+    ready: bool
+    detail: str
+    rejoin: bool = False
+
+
+@dataclass
+class OwnershipWatch:
+    """For a stage that owns no partition of its input topic: is that because other members own
+    them all (ready, just idle), or do partitions go unowned (not ready; after `patience`
+    checks in a row in a Stable group, rejoin). Asks the coordinator at most every `interval`."""
+
+    kafka: KafkaSettings
+    group_id: str
+    topic: str
+    interval: float = 5.0
+    patience: int = 2
+    _last: float = field(default=float("-inf"), init=False)
+    _unowned_seen: int = field(default=0, init=False)
+    _admin: AdminClient | None = field(default=None, init=False)
+
+    def reset(self) -> None:
+        self._unowned_seen = 0
+
+    def check(self, now: float | None = None) -> OwnershipVerdict | None:
+        """None when not due or the group is rebalancing (nothing learnt)."""
+        now = time.monotonic() if now is None else now
+        if now - self._last < self.interval:
+            return None
+        self._last = now
+        try:
+            if self._admin is None:
+                self._admin = _admin(self.kafka)
+            unowned = unowned_partitions(
+                self.kafka, self.group_id, self.topic, timeout=2.0, admin=self._admin
+            )
+        except Exception:  # the broker's answer is what is missing: readiness sees it elsewhere
+            return None
+        if unowned is None:
+            return None
+        if not unowned:
+            self._unowned_seen = 0
+            return OwnershipVerdict(
+                True, f"0 partitions: every partition of {self.topic} has another owner"
+            )
+        self._unowned_seen += 1
+        return OwnershipVerdict(
+            False,
+            f"owns no partition of {self.topic} while partitions {unowned} of it have no "
+            f"owner in group {self.group_id}",
+            rejoin=self._unowned_seen >= self.patience,
+        )
 
 
 def _wait_for_topics(admin: AdminClient, names: list[str], timeout: float) -> dict[str, int]:

@@ -28,6 +28,23 @@ def base_config(kafka: KafkaSettings) -> dict[str, Any]:
     return conf
 
 
+class FatalClientError(Exception):
+    """A Kafka client of a stage cannot go on (fenced by another process with the same ids, or
+    another fatal error): the process must end. The message names the instance id and the
+    setting that gives a process its own ids."""
+
+    def __init__(self, role: str, instance: str, transactional_id: str, error: Any) -> None:
+        super().__init__(
+            f"{role} instance '{instance}' stopped on a fatal Kafka error: {error}. "
+            f"Its ids are group.instance.id={role}-{instance} and "
+            f"transactional.id={transactional_id}; a second process with the same "
+            f"{role}.instance_id fences the first. Give each process its own "
+            f"{role}.instance_id (ICAREUS_BRIDGE__{role.upper()}__INSTANCE_ID)."
+        )
+        self.role = role
+        self.instance = instance
+
+
 class PartitionLag(NamedTuple):
     topic: str
     partition: int
@@ -167,6 +184,26 @@ def partition_lag(consumer: Consumer, partitions: Iterable[tuple[str, int]]) -> 
         if high is not None and high >= 0:
             out.append(PartitionLag(tp.topic, tp.partition, max(high - tp.offset, 0)))
     return out
+
+
+def foreign_topics(subscribed: Iterable[str], partitions: Iterable[TopicPartition]) -> list[str]:
+    """Topics of an assignment that the consumer did not subscribe to.
+
+    A static member (`group.instance.id`) that rejoins a Stable group within the session timeout
+    is handed the assignment its instance held before, without a rebalance, as long as the
+    group's selected assignor is the same; a changed subscription is not compared (Kafka's
+    `updateStaticMemberThenRebalanceOrCompleteJoin`, KAFKA-12759), and librdkafka passes such an
+    assignment on as it is. After a restart with renamed topics it names the old topics: the
+    stage would own nothing of its own input while those partitions have no owner."""
+    wanted = set(subscribed)
+    return sorted({tp.topic for tp in partitions if tp.topic not in wanted})
+
+
+def is_fatal(err: Any) -> bool:
+    """A client error after which the client cannot be used: librdkafka flags some errors
+    fatal itself and reports others (a static consumer fenced by another with the same
+    group.instance.id) to the consumer as a `_FATAL` error event."""
+    return bool(err is not None and (err.fatal() or err.code() == KafkaError._FATAL))
 
 
 def is_all_brokers_down(err: Any) -> bool:

@@ -21,10 +21,11 @@ from confluent_kafka import (
 from icareus_bridge.config import KafkaSettings
 from icareus_bridge.kafka.checkpoint import Checkpoint, OutboundRecord
 from icareus_bridge.kafka.clients import consumer as group_consumer
-from icareus_bridge.kafka.clients import transactional_producer
+from icareus_bridge.kafka.clients import foreign_topics, is_fatal, transactional_producer
 
 Header = tuple[str, bytes]
 PartitionsCallback = Callable[[list[int]], None]
+ReasonCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,10 @@ class ConsumerFailed(Exception):
 
 class RequestsConsumer:
     """Group consumer of one topic; `on_assign` / `on_revoke` receive partition numbers and
-    run inside `poll()`, on the caller's thread."""
+    run inside `poll()`, on the caller's thread. An assignment that names another topic (a
+    static member handed what its instance held before a subscription change, see
+    `clients.foreign_topics`) is refused: `on_refused` gets the reason, and the next `poll()`
+    leaves the group and joins again."""
 
     def __init__(
         self,
@@ -58,17 +62,34 @@ class RequestsConsumer:
         on_assign: PartitionsCallback,
         on_revoke: PartitionsCallback,
         on_lost: PartitionsCallback,
+        on_refused: ReasonCallback | None = None,
     ) -> None:
         self.topic = topic
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._on_lost = on_lost
+        self._on_refused = on_refused
+        self._rejoin_reason: str | None = None
         self.raw: Consumer = group_consumer(kafka, group_id, instance_id=instance_id)
+        self._subscribe()
+
+    def _subscribe(self) -> None:
         self.raw.subscribe(
-            [topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
+            [self.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
         )
 
-    def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+    def _assigned(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        foreign = foreign_topics([self.topic], partitions)
+        if foreign:
+            consumer.assign([])
+            reason = (
+                f"assigned partitions of {', '.join(foreign)}, which this dispatcher does not "
+                "read (kept from before a subscription change); rejoining the group"
+            )
+            self._rejoin_reason = reason
+            if self._on_refused is not None:
+                self._on_refused(reason)
+            return
         self._on_assign(sorted(tp.partition for tp in partitions))
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -77,14 +98,23 @@ class RequestsConsumer:
     def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self._on_lost(sorted(tp.partition for tp in partitions))
 
+    def rejoin(self) -> None:
+        """Leave the group and join again as a new member (librdkafka's unsubscribe sends
+        LeaveGroup also for a static member), so the coordinator rebalances."""
+        self._rejoin_reason = None
+        self.raw.unsubscribe()
+        self._subscribe()
+
     def poll(self, max_records: int, timeout: float = 0.0) -> list[ConsumedRecord]:
+        if self._rejoin_reason is not None:
+            self.rejoin()
         out: list[ConsumedRecord] = []
         for msg in self.raw.consume(num_messages=max_records, timeout=timeout):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                if err.fatal():
+                if is_fatal(err):
                     raise ConsumerFailed(f"topic {self.topic}: {err}")
                 continue  # transient: librdkafka retries by itself
             ts_type, ts = msg.timestamp()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,10 +35,17 @@ from icareus_bridge.core.model import (
 from icareus_bridge.core.plan import account_key, plan
 from icareus_bridge.icareus.client import CallResult, IcareusClient
 from icareus_bridge.icareus.errors import AuthIcareusError, IcareusError, PermanentIcareusError
+from icareus_bridge.kafka.admin import OwnershipWatch
 from icareus_bridge.kafka.changelog import read_to_end
-from icareus_bridge.kafka.checkpoint import OutboundRecord, TransactionAborted
-from icareus_bridge.kafka.clients import transactional_id
-from icareus_bridge.kafka.dispatch import ConsumedRecord, DispatchTransactions, RequestsConsumer
+from icareus_bridge.kafka.checkpoint import OutboundRecord, TransactionAborted, TransactionFatal
+from icareus_bridge.kafka.clients import FatalClientError, transactional_id
+from icareus_bridge.kafka.dispatch import (
+    ConsumedRecord,
+    ConsumerFailed,
+    DispatchTransactions,
+    RequestsConsumer,
+)
+from icareus_bridge.kafka.identity import resolve_instance_id
 from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.logging import get_logger, request_fields
 from icareus_bridge.observability.metrics import Metrics
@@ -137,7 +143,7 @@ class GaveUp(Exception):
 
 
 def default_instance_id(settings: Settings) -> str:
-    return settings.dispatcher.instance_id or socket.gethostname()
+    return resolve_instance_id(settings.dispatcher.instance_id)
 
 
 def _now_ms() -> int:
@@ -190,6 +196,9 @@ class Dispatcher:
             max_queued=max(settings.dispatcher.max_queued, max_in_flight),
             on_error=self._on_handler_error,
         )
+        self._ownership = OwnershipWatch(settings.kafka, self.group, self.topics.requests)
+        self._ownership_task: asyncio.Task[None] | None = None
+        self._assigned_once = False
         readiness.register(READINESS_CHECK, "waiting for partitions")
         readiness.register(ICAREUS_CHECK, "not reached yet")
         self._icareus_ok = False
@@ -209,6 +218,11 @@ class Dispatcher:
             self._start()
             await self._loop(stop)
             await self._drain()
+        except (ConsumerFailed, TransactionFatal) as exc:
+            # Fenced by a process with the same ids, or another fatal client error: the process
+            # ends (a new producer or consumer would fence that other process in turn).
+            tid = transactional_id(self.settings.kafka, ROLE, self.instance_id)
+            raise FatalClientError(ROLE, self.instance_id, tid, exc) from exc
         finally:
             probe.cancel()
             self._close()
@@ -271,6 +285,7 @@ class Dispatcher:
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
+            on_refused=self._on_refused,
         )
         self._consumer = consumer
         self._tx = DispatchTransactions(kafka, tid, consumer)
@@ -288,6 +303,8 @@ class Dispatcher:
             for record in records:
                 self._accept(record)
             self._apply_back_pressure()
+            if self._assigned_once and not self._generations:
+                self._watch_ownership()
             now = time.monotonic()
             # Commits run beside the loop: polling goes on meanwhile, so a rebalance that a
             # commit waits for can complete.
@@ -300,6 +317,22 @@ class Dispatcher:
             else:
                 await asyncio.sleep(min(idle, interval))
                 idle = min(idle * 2, IDLE_SLEEP_SECONDS[1])
+
+    def _watch_ownership(self) -> None:
+        """Owning no partition is fine when others own them all; not while some go unowned."""
+        task = self._ownership_task
+        if task is None or task.done():
+            self._ownership_task = asyncio.create_task(self._check_ownership())
+
+    async def _check_ownership(self) -> None:
+        verdict = await asyncio.to_thread(self._ownership.check)
+        if verdict is None or self._generations:
+            return
+        self.readiness.set(READINESS_CHECK, verdict.ready, verdict.detail)
+        if verdict.rejoin and self._consumer is not None:
+            self._ownership.reset()
+            self.log.info("rejoining the consumer group", reason=verdict.detail)
+            self._consumer.rejoin()
 
     async def _drain(self) -> None:
         """Stop taking work, let in-flight calls finish within the grace, commit."""
@@ -343,6 +376,8 @@ class Dispatcher:
         future = self._commit_future
         if future is not None and not future.done():
             concurrent.futures.wait([future], timeout=COMMIT_SETTLE_SECONDS)
+        self._assigned_once = True
+        self._ownership.reset()
         self._assign(partitions)
 
     def _assign(self, partitions: list[int], *, seek: bool = False) -> None:
@@ -394,6 +429,10 @@ class Dispatcher:
         # fenced by it (aborted: nothing of it becomes visible).
         self._forget(partitions)
         self.log.info("partitions revoked", partitions=partitions)
+
+    def _on_refused(self, reason: str) -> None:
+        self.readiness.set(READINESS_CHECK, False, reason)
+        self.log.warning("assignment refused", reason=reason)
 
     def _on_lost(self, partitions: list[int]) -> None:
         self._forget(partitions)

@@ -11,7 +11,6 @@ the state store and the rebalance protocol around it.
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,12 +30,14 @@ from icareus_bridge.core.model import (
 )
 from icareus_bridge.core.validation import check_event, check_event_size
 from icareus_bridge.kafka import clients
+from icareus_bridge.kafka.admin import OwnershipWatch
 from icareus_bridge.kafka.checkpoint import (
     Checkpoint,
     OutboundRecord,
     TransactionAborted,
     TransactionFatal,
 )
+from icareus_bridge.kafka.identity import resolve_instance_id
 from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.logging import RateLimiter, get_logger
 from icareus_bridge.observability.metrics import Metrics
@@ -263,7 +264,7 @@ class PlannerLogic:
 
 
 def default_instance_id(settings: Settings) -> str:
-    return settings.planner.instance_id or socket.gethostname()
+    return resolve_instance_id(settings.planner.instance_id)
 
 
 class Planner:
@@ -311,13 +312,27 @@ class Planner:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._brokers_down = False
         self._last_broker_check = 0.0
+        # Set by the rebalance callbacks, acted on by the loop (never inside a callback).
+        self._rejoin_reason: str | None = None
+        self._fatal: clients.FatalClientError | None = None
+        self._ownership = OwnershipWatch(
+            settings.kafka, settings.planner.group_id, self.topics.input
+        )
         readiness.register(READINESS_CHECK, "waiting for partitions")
 
     # --- clients ------------------------------------------------------------------------
 
+    @property
+    def transactional_id(self) -> str:
+        return clients.transactional_id(self.settings.kafka, ROLE, self.instance_id)
+
     def _new_producer(self) -> Any:
-        tid = clients.transactional_id(self.settings.kafka, ROLE, self.instance_id)
-        return clients.transactional_producer(self.settings.kafka, tid)
+        return clients.transactional_producer(
+            self.settings.kafka, self.transactional_id, error_cb=self._on_client_error
+        )
+
+    def _fatal_error(self, err: Any) -> clients.FatalClientError:
+        return clients.FatalClientError(ROLE, self.instance_id, self.transactional_id, err)
 
     def _new_consumer(self) -> Any:
         return clients.consumer(
@@ -333,6 +348,8 @@ class Planner:
         allowed, suppressed = self._client_errors.allow(str(err.code()))
         if allowed:
             self.log.warning("kafka client error", error=str(err), suppressed=suppressed)
+        if clients.is_fatal(err) and self._fatal is None:
+            self._fatal = self._fatal_error(err)
         if clients.is_all_brokers_down(err):
             self._brokers_down = True
             self.readiness.set(READINESS_CHECK, False, "no broker reachable")
@@ -356,12 +373,24 @@ class Planner:
             by_topic.setdefault(tp.topic, set()).add(tp.partition)
         events = by_topic.get(self.topics.input, set())
         results = by_topic.get(self.topics.results, set())
-        if events != results:
-            self.log.warning(
-                "events and results partitions differ; feedback may miss state",
-                events=sorted(events),
-                results=sorted(results),
+        foreign = clients.foreign_topics((self.topics.input, self.topics.results), partitions)
+        if foreign:
+            self._refuse_assignment(
+                consumer,
+                f"assigned partitions of {', '.join(foreign)}, which this planner does not "
+                "read (kept from before a subscription change); rejoining the group",
             )
+            return
+        if events != results:
+            # The range assignor gives a member the same numbers of both topics; anything else
+            # was not computed for this subscription, and feedback would miss its state.
+            self._refuse_assignment(
+                consumer,
+                f"assigned events partitions {sorted(events)} but results partitions "
+                f"{sorted(results)} (not co-partitioned); rejoining the group",
+            )
+            return
+        self._ownership.reset()
         wanted = events | results
         self.assignment = {t: set(ps) for t, ps in by_topic.items()}
         self._ready = False
@@ -383,6 +412,25 @@ class Planner:
         self._ready = True
         self.readiness.set(READINESS_CHECK, True, f"{len(wanted)} partitions")
 
+    def _refuse_assignment(self, consumer: Any, reason: str) -> None:
+        """Take none of an assignment that does not fit the subscription; the loop rejoins."""
+        consumer.assign([])
+        self.assignment = {}
+        self._ready = False
+        self._rejoin_reason = reason
+        self.readiness.set(READINESS_CHECK, False, reason)
+        self.log.warning("assignment refused", reason=reason)
+
+    def _rejoin(self, reason: str) -> None:
+        """Leave the group and join again. librdkafka's unsubscribe sends LeaveGroup also for a
+        static member, so the next join is a new member's: the coordinator rebalances and the
+        assignor sees the current subscription."""
+        assert self._consumer is not None
+        self.log.info("rejoining the consumer group", reason=reason)
+        self._commit_open(reason="rejoin")
+        self._consumer.unsubscribe()
+        self._subscribe()
+
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self._commit_open(reason="revoke")
         revoked = {tp.partition for tp in partitions}
@@ -400,8 +448,8 @@ class Planner:
         if self._checkpoint is not None and not self._checkpoint.empty:
             try:
                 self._checkpoint.abort()
-            except TransactionFatal:
-                self._restart_producer()
+            except TransactionFatal as exc:
+                self._fatal = self._fatal or self._fatal_error(exc)
             self._checkpoint = self._new_checkpoint()
         for tp in partitions:
             self.store.drop(tp.partition)
@@ -429,17 +477,21 @@ class Planner:
         self._producer = self._new_producer()
         self._consumer = self._new_consumer()
         self._checkpoint = self._new_checkpoint()
-        self._consumer.subscribe(
-            [self.topics.input, self.topics.results],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
+        self._subscribe()
         self.log.info(
             "planner started",
             input=self.topics.input,
             results=self.topics.results,
             group=self.settings.planner.group_id,
+        )
+
+    def _subscribe(self) -> None:
+        assert self._consumer is not None
+        self._consumer.subscribe(
+            [self.topics.input, self.topics.results],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
 
     def run(self, stop: threading.Event) -> None:
@@ -455,12 +507,19 @@ class Planner:
     def step(self) -> int:
         """One poll: handle what arrived, commit when the batch is due. Returns records read."""
         assert self._consumer is not None and self._checkpoint is not None
+        if self._fatal is not None:
+            raise self._fatal
+        if self._rejoin_reason is not None:
+            reason, self._rejoin_reason = self._rejoin_reason, None
+            self._rejoin(reason)
         max_n = self.settings.planner.batch_max_events
         msgs = self._consumer.consume(num_messages=max_n, timeout=self.poll_timeout)
         handled = 0
         for msg in msgs:
             err = msg.error()
             if err is not None:
+                if clients.is_fatal(err):
+                    raise self._fatal_error(err)
                 if not clients.is_partition_eof(err):
                     self.log.warning("consumer error", error=str(err))
                 continue
@@ -473,7 +532,19 @@ class Planner:
             self._lag_clock.caught_up()
         if self._brokers_down:
             self._check_brokers()
+        elif self._ready and not self.assignment.get(self.topics.input):
+            self._check_ownership()
         return handled
+
+    def _check_ownership(self) -> None:
+        """Owning no input is fine when others own it all; not while partitions go unowned."""
+        verdict = self._ownership.check()
+        if verdict is None:
+            return
+        self.readiness.set(READINESS_CHECK, verdict.ready, verdict.detail)
+        if verdict.rejoin:
+            self._ownership.reset()
+            self._rejoin_reason = verdict.detail
 
     def _check_brokers(self) -> None:
         """After 'all brokers down': ready again once the cluster answers a metadata call."""
@@ -567,10 +638,12 @@ class Planner:
             time.sleep(0.1)
             return
         except TransactionFatal as exc:
+            # Fenced (a process with the same transactional id took over) or otherwise unusable:
+            # a new producer would fence that process in turn. This one stops; see close().
             self.metrics.transactions.labels(ROLE, "fatal").inc()
-            self.log.error("transaction failed fatally, new producer", error=str(exc))
-            self._restart_producer()
-            return
+            self.log.error("transaction failed fatally", error=str(exc))
+            self._fatal = self._fatal_error(exc)
+            raise self._fatal from exc
         for partition, key, write in cp.state_writes():
             self.store.put(partition, key, write.value, write.obj)
         self.metrics.transactions.labels(ROLE, "committed").inc()
@@ -580,13 +653,6 @@ class Planner:
         self._lag_clock.committed_all()
         self._checkpoint = self._new_checkpoint()
         self._report_lag(cp.partitions())
-
-    def _restart_producer(self) -> None:
-        old = self._producer
-        with contextlib.suppress(Exception):  # unusable anyway: only its resources matter
-            old.flush(0)
-        self._producer = self._new_producer()
-        self._checkpoint = self._new_checkpoint()
 
     def _report_lag(self, partitions: set[tuple[str, int]]) -> None:
         now = time.monotonic()
@@ -603,12 +669,14 @@ class Planner:
     def close(self) -> None:
         """Commit the open batch, leave the group, flush the producer."""
         try:
-            self._commit_open(reason="shutdown")
+            if self._fatal is None:
+                self._commit_open(reason="shutdown")
         finally:
             if self._consumer is not None:
-                self._consumer.close()
+                with contextlib.suppress(Exception):  # a fenced consumer may refuse to leave
+                    self._consumer.close()
                 self._consumer = None
             if self._producer is not None:
-                self._producer.flush(10)
+                self._producer.flush(0 if self._fatal is not None else 10)
             self.readiness.set(READINESS_CHECK, False, "stopped")
             self.log.info("planner stopped")
