@@ -188,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="search an archive (checks every file's sha256 first); filters combine "
         "with AND",
     )
+    # Accepted here too, as on every command (search itself reads only DIR); SUPPRESS keeps an
+    # `archive --config PATH search` from being overwritten by this default.
+    search.add_argument(
+        "--config",
+        type=_config_file,
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="YAML configuration, as for every command (search reads only DIR)",
+    )
     search.add_argument("--subscription", default=None, metavar="ID")
     search.add_argument("--request-id", default=None, metavar="ID")
     search.add_argument("--since", default=None, help="ISO-8601 time, results from then on")

@@ -3,7 +3,8 @@ a running bridge (broker + simulator + `icareus-bridge run`) with the project's 
 generated from deploy/prometheus/alerts.yml with short `for:` durations and ranges. An Icareus
 outage through the simulator's admin API makes requests dead-letter and park their key: the
 dead-letter and parked-key alerts fire; after recovery the dead-letter alert resolves, while
-the parked key stays (only a replay unparks it). Every query of the Grafana dashboard runs
+the parked key stays until `icareus-bridge replay` brings its requests back, and then its alert
+resolves too. Every query of the Grafana dashboard runs
 against the same server and names only metrics the bridge exports; `promtool check metrics`
 is clean on a scrape of the running bridge."""
 
@@ -214,6 +215,20 @@ class Prometheus:
         return states
 
 
+def replay(bridge: EnvBridge) -> subprocess.CompletedProcess[str]:
+    """`icareus-bridge replay` with the bridge's configuration file and environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
+    env.update(bridge.env)
+    return subprocess.run(
+        [str(BRIDGE), "replay", "--config", str(bridge.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def until(done: Callable[[], Any], what: str, detail: Callable[[], str] = lambda: "") -> Any:
     deadline = time.monotonic() + WAIT_SECONDS
     while True:
@@ -231,9 +246,13 @@ def until(done: Callable[[], Any], what: str, detail: Callable[[], str] = lambda
 @pytest.fixture(scope="module")
 def watched(
     kafka_bootstrap: str, simulator: SimulatorHandle, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Bridge]:
+) -> Iterator[EnvBridge]:
     workdir = tmp_path_factory.mktemp("watched-bridge")
-    process = EnvBridge(bridge_config(kafka_bootstrap, simulator.base_url), workdir, RETRY_ENV)
+    config = bridge_config(kafka_bootstrap, simulator.base_url)
+    unique = config["planner"]["instance_id"].removeprefix("p-")
+    config["topics"]["replay_log"] = f"e2e-{unique}-replay-log"
+    config["kafka"]["transactional_id_prefix"] = f"e2e-{unique}"
+    process = EnvBridge(config, workdir, RETRY_ENV)
     try:
         process.start().wait_ready()
         yield process
@@ -307,8 +326,8 @@ def test_promtool_finds_the_scrape_of_a_running_bridge_clean(
     )
 
 
-def test_an_icareus_outage_fires_the_dead_letter_and_parked_key_alerts(
-    watched: Bridge,
+def test_an_icareus_outage_fires_the_dead_letter_and_parked_key_alerts_and_replay_resolves_them(
+    watched: EnvBridge,
     watched_crm: Crm,
     prometheus: Prometheus,
     icareus: SimulatorAdmin,
@@ -375,8 +394,8 @@ def test_an_icareus_outage_fires_the_dead_letter_and_parked_key_alerts(
         lambda: str(prometheus.alert_states()),
     )
     until(lambda: prometheus.query("icareus_bridge_ready == 1"), "ready again after recovery")
-    # The parked key stays parked until `replay` brings its request back (not done here): its
-    # alert keeps firing, and the gauge still says one key.
+    # The parked key stays parked until `replay` brings its request back: its alert keeps
+    # firing, and the gauge still says one key.
     assert prometheus.alert_states().get("IcareusBridgeParkedKeys") == "firing"
     parked = prometheus.query("sum(icareus_bridge_parked_keys)")
     assert parked and float(parked[0]["value"][1]) == 1.0
@@ -387,6 +406,25 @@ def test_an_icareus_outage_fires_the_dead_letter_and_parked_key_alerts(
         watched.config["dispatcher"]["group_id"],
     }
     assert all(float(x["value"][1]) < 30 for x in lag), lag
+
+    # The operator replays the dead letters: the parking request comes back first, the key
+    # unparks, the requests behind it follow, and the parked-key alert resolves as well.
+    replayed = replay(watched)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "replayed 3 of 3" in replayed.stdout, replayed.stdout
+    assert len(watched_crm.results_of(first, 2)) == 2
+    assert len(watched_crm.results_of(later, 1)) == 1
+    until(
+        lambda: prometheus.query("sum(icareus_bridge_parked_keys) == 0"),
+        "no parked key on the gauge",
+    )
+    until(
+        lambda: "IcareusBridgeParkedKeys" not in prometheus.alert_states(),
+        "the parked-key alert resolved",
+        lambda: str(prometheus.alert_states()),
+    )
+    # Replayed requests end in results, not in new dead letters.
+    assert "IcareusBridgeDeadLetters" not in prometheus.alert_states()
 
 
 def dashboard_expressions() -> list[tuple[str, str]]:

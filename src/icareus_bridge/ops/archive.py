@@ -318,7 +318,8 @@ def _print_report(report: ExportReport, out: Path, days: int) -> None:
     if report.planner_rejections:
         print(f"  {report.planner_rejections} planner rejections (attempts 0, no request sent)")
     if report.requests_missing:
-        print(f"  {report.requests_missing} results whose request is no longer on the topic")
+        print(f"  {report.requests_missing} results whose request is not on the requests topic "
+              "(removed by retention, or sent by a reset)")
     for name in report.removed_leftovers:
         print(f"  removed {name} (left by an interrupted run)")
     for gap in report.gaps:

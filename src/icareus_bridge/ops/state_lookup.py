@@ -162,7 +162,7 @@ class StateLookup:
         n = self.partitions(self.topics.state)
         if n is None:
             raise UnknownSubscription(
-                subscription_id, f"state topic {self.topics.state} does not exist"
+                subscription_id, f"state topic {self.topics.state} (topics.state) does not exist"
             )
         key = subscription_id.encode("utf-8")
         first = default_partition(key, n)
@@ -224,7 +224,7 @@ class StateLookup:
         n_state = self.partitions(self.topics.state)
         if n_state is None:
             raise UnknownSubscription(
-                subscription_id, f"state topic {self.topics.state} does not exist"
+                subscription_id, f"state topic {self.topics.state} (topics.state) does not exist"
             )
         key = subscription_id.encode("utf-8")
         first = default_partition(key, n_state)
