@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported at runtime
@@ -16,7 +17,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from icareus_bridge.config import KafkaSettings, TopicSettings
-from icareus_bridge.kafka.clients import base_config
+from icareus_bridge.kafka.clients import base_config, security_refusal
 
 
 class StartupError(Exception):
@@ -33,8 +34,37 @@ class TopicReport:
     cleanup_policy: str
 
 
-def _admin(kafka: KafkaSettings) -> AdminClient:
-    return AdminClient(base_config(kafka))
+# How long one metadata attempt of the first contact waits before the client's errors are
+# looked at: a refused password or certificate ends start-up at once instead of after `timeout`.
+FIRST_CONTACT_ATTEMPT_SECONDS = 1.0
+
+
+def _admin(kafka: KafkaSettings, errors: list[Any]) -> AdminClient:
+    conf = base_config(kafka)
+    conf["error_cb"] = errors.append
+    return AdminClient(conf)
+
+
+def _first_contact(
+    admin: AdminClient, kafka: KafkaSettings, errors: list[Any], timeout: float
+) -> dict[str, int]:
+    """The broker's topics, or `StartupError` as soon as the broker refuses the credentials
+    or the TLS handshake fails (the client would retry those until `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        attempt = max(0.1, min(FIRST_CONTACT_ATTEMPT_SECONDS, deadline - time.monotonic()))
+        try:
+            return _topic_partitions(admin, attempt)
+        except KafkaException:
+            admin.poll(0)  # serves error_cb
+            for err in errors:
+                refusal = security_refusal(kafka, err)
+                if refusal is not None:
+                    raise StartupError(
+                        f"kafka.bootstrap_servers={kafka.bootstrap_servers}: {refusal}"
+                    ) from None
+            if time.monotonic() >= deadline:
+                raise
 
 
 def _topic_partitions(admin: AdminClient, timeout: float) -> dict[str, int]:
@@ -62,10 +92,11 @@ def ensure_topics(
     results or requests topic does not have as many partitions as the input topic (state,
     requests and feedback of a subscription must live in the partition number of its events).
     """
-    admin = _admin(kafka)
+    errors: list[Any] = []
+    admin = _admin(kafka, errors)
     wanted = [topics.input, topics.requests, topics.results, topics.dlq, topics.state]
     try:
-        existing = _topic_partitions(admin, timeout)
+        existing = _first_contact(admin, kafka, errors, timeout)
         missing = [t for t in dict.fromkeys(wanted) if t not in existing]
         created: set[str] = set()
         if missing:
