@@ -24,6 +24,11 @@ class StartupError(Exception):
     """The broker's topic layout does not fit the bridge; the message names topic and setting."""
 
 
+class KafkaRefused(StartupError):
+    """The broker refused this client's credentials, or the TLS handshake failed; the message
+    names the settings to check (never the password)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TopicReport:
     """What `ensure_topics` found or did for one topic."""
@@ -39,28 +44,32 @@ class TopicReport:
 FIRST_CONTACT_ATTEMPT_SECONDS = 1.0
 
 
-def _admin(kafka: KafkaSettings, errors: list[Any]) -> AdminClient:
+def admin_client(kafka: KafkaSettings) -> tuple[AdminClient, list[Any]]:
+    """An AdminClient from `base_config` and the list its error callback appends to (served
+    by `poll`), for `first_contact`."""
+    errors: list[Any] = []
     conf = base_config(kafka)
     conf["error_cb"] = errors.append
-    return AdminClient(conf)
+    return AdminClient(conf), errors
 
 
-def _first_contact(
+def first_contact(
     admin: AdminClient, kafka: KafkaSettings, errors: list[Any], timeout: float
-) -> dict[str, int]:
-    """The broker's topics, or `StartupError` as soon as the broker refuses the credentials
-    or the TLS handshake fails (the client would retry those until `timeout`)."""
+) -> Any:
+    """The cluster's metadata; `KafkaRefused` as soon as the broker refuses the credentials
+    or the TLS handshake fails (the client would retry those until `timeout`); the last
+    `KafkaException` when nothing answered within `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         attempt = max(0.1, min(FIRST_CONTACT_ATTEMPT_SECONDS, deadline - time.monotonic()))
         try:
-            return _topic_partitions(admin, attempt)
+            return admin.list_topics(timeout=attempt)
         except KafkaException:
             admin.poll(0)  # serves error_cb
             for err in errors:
                 refusal = security_refusal(kafka, err)
                 if refusal is not None:
-                    raise StartupError(
+                    raise KafkaRefused(
                         f"kafka.bootstrap_servers={kafka.bootstrap_servers}: {refusal}"
                     ) from None
             if time.monotonic() >= deadline:
@@ -92,11 +101,11 @@ def ensure_topics(
     results or requests topic does not have as many partitions as the input topic (state,
     requests and feedback of a subscription must live in the partition number of its events).
     """
-    errors: list[Any] = []
-    admin = _admin(kafka, errors)
+    admin, errors = admin_client(kafka)
     wanted = [topics.input, topics.requests, topics.results, topics.dlq, topics.state]
     try:
-        existing = _first_contact(admin, kafka, errors, timeout)
+        md = first_contact(admin, kafka, errors, timeout)
+        existing = {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
         missing = [t for t in dict.fromkeys(wanted) if t not in existing]
         created: set[str] = set()
         if missing:
