@@ -4,6 +4,8 @@ a plaintext client and a client that trusts another CA are refused."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -18,15 +20,16 @@ from icareus_bridge.config import Settings, default_config_path
 from icareus_bridge.kafka import clients
 from icareus_bridge.kafka.admin import StartupError, ensure_topics
 from tests.conftest import SecureKafka, local_kafka
+from tests.e2e.harness import BRIDGE
 
 pytestmark = pytest.mark.kafka
 
 REFUSAL_SECONDS = 30.0  # a refused client retries; its first error comes well before this
 
 
-def settings_for(
+def config_for(
     broker: SecureKafka, tmp_path: Path, password: str | None = None, **kafka: Any
-) -> Settings:
+) -> dict[str, Any]:
     """The embedded configuration on unique topics, reaching `broker` as user `bridge` with
     its password in a file, as an operator would configure it."""
     unique = uuid.uuid4().hex[:8]
@@ -48,7 +51,13 @@ def settings_for(
     cfg["topics"] = {
         name: f"sec-{unique}-{name}" for name in ("input", "requests", "results", "dlq", "state")
     }
-    return Settings(**cfg)
+    return cfg
+
+
+def settings_for(
+    broker: SecureKafka, tmp_path: Path, password: str | None = None, **kafka: Any
+) -> Settings:
+    return Settings(**config_for(broker, tmp_path, password, **kafka))
 
 
 class Errors:
@@ -196,3 +205,53 @@ def test_start_up_trusting_another_ca_stops_naming_the_ca_setting(
 
     assert "TLS handshake with the broker failed" in str(caught.value)
     assert "kafka.ssl_ca_location" in str(caught.value)
+
+
+def _operator_command(cfg: dict[str, Any], tmp_path: Path, *args: str) -> Any:
+    config = tmp_path / f"bridge-{uuid.uuid4().hex[:6]}.yaml"
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
+    return subprocess.run(
+        [str(BRIDGE), *args[:1], "--config", str(config), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_operator_commands_reach_kafka_over_sasl_ssl(
+    secure_kafka: SecureKafka, tmp_path: Path
+) -> None:
+    cfg = config_for(secure_kafka, tmp_path)
+    settings = Settings(**cfg)
+    ensure_topics(settings.kafka, settings.topics)
+
+    replay = _operator_command(cfg, tmp_path, "replay", "--dry-run")
+    archive = _operator_command(
+        cfg, tmp_path, "archive", "--older-than", "0", "--out", str(tmp_path / "archive")
+    )
+
+    assert replay.returncode == 0, replay.stderr
+    assert "0 dead letters" in replay.stdout
+    assert archive.returncode == 0, archive.stderr
+    assert "archived 0 results" in archive.stdout
+    for done in (replay, archive):
+        assert secure_kafka.users["bridge"] not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("command", ["replay", "archive"])
+def test_operator_command_with_a_wrong_password_names_the_keys(
+    secure_kafka: SecureKafka, tmp_path: Path, command: str
+) -> None:
+    wrong = f"wrong-{uuid.uuid4().hex[:12]}"
+    cfg = config_for(secure_kafka, tmp_path, password=wrong)
+    out = str(tmp_path / "archive")
+    args = ("--dry-run",) if command == "replay" else ("--older-than", "0", "--out", out)
+
+    done = _operator_command(cfg, tmp_path, command, *args)
+
+    assert done.returncode != 0
+    assert "refused the credentials of kafka.sasl_username=bridge" in done.stderr
+    assert wrong not in done.stdout + done.stderr
