@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,56 @@ def make_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
                 future.result(timeout=15)
 
 
+@dataclass(frozen=True)
+class SecureKafka:
+    """A broker whose only client listener is SASL_SSL (SCRAM-SHA-512, certificate from a
+    test CA made for the session); `users` maps SCRAM user names to their passwords."""
+
+    broker: local_kafka.LocalKafka
+    security: local_kafka.BrokerSecurity
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.broker.bootstrap_servers
+
+    @property
+    def ca_file(self) -> Path:
+        return self.security.pki.ca_file
+
+    @property
+    def users(self) -> dict[str, str]:
+        return dict(self.security.users)
+
+    def client_config(self, user: str = "bridge", password: str | None = None) -> dict[str, Any]:
+        """librdkafka settings of a client of `user` (its password unless `password`)."""
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            **self.security.client_config(user, password),
+        }
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """The session's SASL_SSL broker (its own JVM, always the local one: the secured listener,
+    the CA and the SCRAM users are made here). Users `bridge` and `crm`, random passwords."""
+    root = tmp_path_factory.mktemp("secure-kafka")
+    pki = local_kafka.write_test_pki(root / "pki")
+    users = {name: f"{name}-scram-{uuid.uuid4().hex[:16]}" for name in ("bridge", "crm")}
+    broker = local_kafka.LocalKafka(
+        root / "broker", security=local_kafka.BrokerSecurity(pki, users)
+    )
+    try:
+        broker.start()
+        broker.wait_ready()
+        assert broker.security is not None
+        yield SecureKafka(broker, broker.security)
+    finally:
+        broker.stop()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every test that reaches the broker carries the `kafka` marker, so `-m "not kafka"` works.
+    # Every test that reaches a broker carries the `kafka` marker, so `-m "not kafka"` works.
     for item in items:
-        if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "kafka_bootstrap" in names or "secure_kafka" in names:
             item.add_marker(pytest.mark.kafka)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -54,13 +54,43 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+# librdkafka settings that have a key of their own in the kafka section: `kafka.extra` may not
+# set them (a password there would sit in plain text in the settings and their repr).
+_TYPED_CLIENT_SETTINGS = {
+    "bootstrap.servers": "bootstrap_servers",
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "sasl_username",
+    "sasl.password": "sasl_password",
+    "ssl.ca.location": "ssl_ca_location",
+    "ssl.certificate.location": "ssl_certificate_location",
+    "ssl.key.location": "ssl_key_location",
+    "ssl.key.password": "ssl_key_password",
+    "client.id": "client_id",
+}
+
+
 class KafkaSettings(_Section):
+    """The broker and how to reach it. SASL (`SASL_PLAINTEXT`, `SASL_SSL`) takes a mechanism,
+    a user and a password (`sasl_password`, or `sasl_password_file`, read at start and by
+    every new client); TLS (`SSL`, `SASL_SSL`) verifies the broker's certificate against
+    `ssl_ca_location` (else the system's CAs) and, for mutual TLS, presents
+    `ssl_certificate_location` with `ssl_key_location`. Passwords are `SecretStr`: never in a
+    log line, a repr or an error message."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    ssl_ca_location: str | None = None
+    sasl_password_file: Path | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
     client_id: str = "icareus-bridge"
     partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=1, ge=1)
@@ -69,21 +99,147 @@ class KafkaSettings(_Section):
     startup_wait_seconds: float = Field(default=120.0, ge=0)
     extra: dict[str, str] = Field(default_factory=dict)
 
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _usable_security(self) -> KafkaSettings:
+        # Which source wins (environment over file) is settled before this runs, in
+        # `Settings.settings_customise_sources`: both here means both in one source.
+        if self.sasl_password is not None and self.sasl_password_file is not None:
+            raise CrossCheckError(
+                "set together with kafka.sasl_password_file in one source: set only one of them",
+                "sasl_password",
+                "sasl_password_file",
+            )
+        sasl_keys = ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file")
+        if not self.uses_sasl:
+            stray = [k for k in sasl_keys if getattr(self, k) is not None]
+            if stray:
+                raise CrossCheckError(
+                    f"is set but kafka.security_protocol is {self.security_protocol}: SASL "
+                    "settings apply to SASL_PLAINTEXT and SASL_SSL only",
+                    stray[0],
+                    "security_protocol",
+                )
+        else:
+            if self.sasl_mechanism is None:
+                raise CrossCheckError(
+                    f"must be set with kafka.security_protocol {self.security_protocol} "
+                    f"(one of {', '.join(SASL_MECHANISMS)})",
+                    "sasl_mechanism",
+                    "security_protocol",
+                )
+            if not (self.sasl_username or "").strip():
+                raise CrossCheckError(
+                    f"must be set with kafka.sasl_mechanism {self.sasl_mechanism}",
+                    "sasl_username",
+                )
+            if self.sasl_password is None and self.sasl_password_file is None:
+                raise CrossCheckError(
+                    f"must be set (or kafka.sasl_password_file) with kafka.sasl_mechanism "
+                    f"{self.sasl_mechanism}",
+                    "sasl_password",
+                )
+            if self.sasl_password is not None and not self.sasl_password.get_secret_value():
+                raise CrossCheckError("is empty", "sasl_password")
+            if self.sasl_password_file is not None:
+                self._read_password_file()
+        tls_keys = (
+            "ssl_ca_location",
+            "ssl_certificate_location",
+            "ssl_key_location",
+            "ssl_key_password",
+        )
+        if not self.uses_tls:
+            stray = [k for k in tls_keys if getattr(self, k) is not None]
+            if stray:
+                raise CrossCheckError(
+                    f"is set but kafka.security_protocol is {self.security_protocol}: TLS "
+                    "settings apply to SSL and SASL_SSL only",
+                    stray[0],
+                    "security_protocol",
+                )
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            given = (
+                "ssl_certificate_location" if self.ssl_key_location is None else "ssl_key_location"
+            )
+            missing = (
+                "ssl_key_location" if self.ssl_key_location is None else "ssl_certificate_location"
+            )
+            raise CrossCheckError(
+                f"is set without kafka.{missing}: a client certificate needs both",
+                given,
+                missing,
+            )
+        if self.ssl_key_password is not None and self.ssl_key_location is None:
+            raise CrossCheckError(
+                "is set without kafka.ssl_key_location", "ssl_key_password", "ssl_key_location"
+            )
+        for key in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location"):
+            path: Path | None = getattr(self, key)
+            if path is not None and not path.exists():
+                raise CrossCheckError(f"{path} does not exist", key)
+        for name in self.extra:
+            typed = _TYPED_CLIENT_SETTINGS.get(name.strip().lower())
+            if typed is not None:
+                raise CrossCheckError(
+                    f"{name!r} has a key of its own: set kafka.{typed} instead", "extra", typed
+                )
+        return self
+
+    def _read_password_file(self) -> str:
+        assert self.sasl_password_file is not None
+        path = self.sasl_password_file
+        try:
+            # One trailing newline (what `echo` or a Kubernetes secret adds) is not part of it.
+            password = path.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CrossCheckError(f"cannot read {path}: {reason}", "sasl_password_file") from exc
+        if not password.strip():
+            raise CrossCheckError(f"{path} is empty", "sasl_password_file")
+        return password
+
+    def secret_sasl_password(self) -> str | None:
+        """The SASL password from `sasl_password` or `sasl_password_file` (read now, so a
+        rotated file reaches every new client); None without SASL. Never logged."""
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is None:
+            return None
+        try:
+            return self._read_password_file()
+        except CrossCheckError as exc:
+            raise ConfigError(f"kafka.sasl_password_file: {exc}") from exc
+
     def client_config(self) -> dict[str, Any]:
-        """librdkafka settings shared by every client of this process."""
+        """librdkafka settings shared by every client of this process (it holds the password:
+        never log it)."""
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
             "client.id": self.client_id,
         }
-        if self.sasl_mechanism:
+        if self.uses_sasl:
             conf["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
             conf["sasl.username"] = self.sasl_username
-        if self.sasl_password is not None:
-            conf["sasl.password"] = self.sasl_password.get_secret_value()
-        if self.ssl_ca_location:
-            conf["ssl.ca.location"] = self.ssl_ca_location
+            conf["sasl.password"] = self.secret_sasl_password()
+        if self.uses_tls:
+            # Hostname verification stays on (librdkafka's default `https`).
+            if self.ssl_ca_location is not None:
+                conf["ssl.ca.location"] = str(self.ssl_ca_location)
+            if self.ssl_certificate_location is not None:
+                conf["ssl.certificate.location"] = str(self.ssl_certificate_location)
+            if self.ssl_key_location is not None:
+                conf["ssl.key.location"] = str(self.ssl_key_location)
+            if self.ssl_key_password is not None:
+                conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
         conf.update(self.extra)
         return conf
 
@@ -400,9 +556,14 @@ class Settings(BaseSettings):
 class _FileKeyYieldsToEnvironment(PydanticBaseSettingsSource):
     """The file's values, less its `icareus.key` and `icareus.key_file` when the environment
     sets either: the sources are merged key by key, so without this a `key_file` from the
-    environment would sit beside the file's demo `key`, which would win."""
+    environment would sit beside the file's demo `key`, which would win. The same for
+    `kafka.sasl_password` and `kafka.sasl_password_file`."""
 
     KEY_FIELDS = ("key", "key_file")
+    SECRET_PAIRS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "icareus": KEY_FIELDS,
+        "kafka": ("sasl_password", "sasl_password_file"),
+    }
 
     def __init__(
         self,
@@ -419,15 +580,17 @@ class _FileKeyYieldsToEnvironment(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         data = self._file_source()
-        from_env = self._env_source().get("icareus")
-        from_file = data.get("icareus")
-        if (
-            isinstance(from_env, dict)
-            and isinstance(from_file, dict)
-            and any(k in from_env for k in self.KEY_FIELDS)
-        ):
-            kept = {k: v for k, v in from_file.items() if k not in self.KEY_FIELDS}
-            data = {**data, "icareus": kept}
+        env = self._env_source()
+        for section, fields in self.SECRET_PAIRS.items():
+            from_env = env.get(section)
+            from_file = data.get(section)
+            if (
+                isinstance(from_env, dict)
+                and isinstance(from_file, dict)
+                and any(k in from_env for k in fields)
+            ):
+                kept = {k: v for k, v in from_file.items() if k not in fields}
+                data = {**data, section: kept}
         return data
 
 

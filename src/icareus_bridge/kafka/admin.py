@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported at runtime
@@ -18,7 +18,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from icareus_bridge.config import KafkaSettings, TopicSettings
-from icareus_bridge.kafka.clients import base_config
+from icareus_bridge.kafka.clients import base_config, security_refusal
 
 
 class StartupError(Exception):
@@ -45,16 +45,19 @@ def wait_for_broker(
     """Ask for cluster metadata until a broker answers (True) or `stop` is set (False).
     `kafka.startup_wait_seconds` > 0 bounds the wait: then `BrokerUnreachable`. `on_wait`
     hears (seconds waited, last error) about every `report_every` seconds."""
-    admin = _admin(kafka)
+    admin, errors = admin_client(kafka)
     limit = kafka.startup_wait_seconds
     started = time.monotonic()
     next_report = started + report_every
     while not stop.is_set():
         try:
-            admin.list_topics(timeout=attempt_seconds)
+            # A refused password or certificate ends the wait at once (KafkaRefused): waiting
+            # does not fix a credential.
+            first_contact(admin, kafka, errors, attempt_seconds)
             return True
         except KafkaException as exc:
             last = str(exc.args[0] if exc.args else exc)
+            errors.clear()
         now = time.monotonic()
         if limit > 0 and now - started >= limit:
             raise BrokerUnreachable(
@@ -68,6 +71,11 @@ def wait_for_broker(
     return False
 
 
+class KafkaRefused(StartupError):
+    """The broker refused this client's credentials, or the TLS handshake failed; the message
+    names the settings to check (never the password)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TopicReport:
     """What `ensure_topics` found or did for one topic."""
@@ -78,8 +86,41 @@ class TopicReport:
     cleanup_policy: str
 
 
-def _admin(kafka: KafkaSettings) -> AdminClient:
-    return AdminClient(base_config(kafka))
+# How long one metadata attempt of the first contact waits before the client's errors are
+# looked at: a refused password or certificate ends start-up at once instead of after `timeout`.
+FIRST_CONTACT_ATTEMPT_SECONDS = 1.0
+
+
+def admin_client(kafka: KafkaSettings) -> tuple[AdminClient, list[Any]]:
+    """An AdminClient from `base_config` and the list its error callback appends to (served
+    by `poll`), for `first_contact`."""
+    errors: list[Any] = []
+    conf = base_config(kafka)
+    conf["error_cb"] = errors.append
+    return AdminClient(conf), errors
+
+
+def first_contact(
+    admin: AdminClient, kafka: KafkaSettings, errors: list[Any], timeout: float
+) -> Any:
+    """The cluster's metadata; `KafkaRefused` as soon as the broker refuses the credentials
+    or the TLS handshake fails (the client would retry those until `timeout`); the last
+    `KafkaException` when nothing answered within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        attempt = max(0.1, min(FIRST_CONTACT_ATTEMPT_SECONDS, deadline - time.monotonic()))
+        try:
+            return admin.list_topics(timeout=attempt)
+        except KafkaException:
+            admin.poll(0)  # serves error_cb
+            for err in errors:
+                refusal = security_refusal(kafka, err)
+                if refusal is not None:
+                    raise KafkaRefused(
+                        f"kafka.bootstrap_servers={kafka.bootstrap_servers}: {refusal}"
+                    ) from None
+            if time.monotonic() >= deadline:
+                raise
 
 
 def _topic_partitions(admin: AdminClient, timeout: float) -> dict[str, int]:
@@ -107,10 +148,11 @@ def ensure_topics(
     results or requests topic does not have as many partitions as the input topic (state,
     requests and feedback of a subscription must live in the partition number of its events).
     """
-    admin = _admin(kafka)
+    admin, errors = admin_client(kafka)
     wanted = [topics.input, topics.requests, topics.results, topics.dlq, topics.state]
     try:
-        existing = _topic_partitions(admin, timeout)
+        md = first_contact(admin, kafka, errors, timeout)
+        existing = {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
         missing = [t for t in dict.fromkeys(wanted) if t not in existing]
         created: set[str] = set()
         if missing:
@@ -193,7 +235,7 @@ def unowned_partitions(
     coordinator describes the group (a dead static member still holds its partitions until its
     session times out); None while the group is not Stable (a rebalance is under way).
     Raises `KafkaException` when the broker does not answer."""
-    admin = admin if admin is not None else _admin(kafka)
+    admin = admin if admin is not None else admin_client(kafka)[0]
     md = admin.list_topics(topic, timeout=timeout).topics.get(topic)
     if md is None or md.error is not None:
         return []
@@ -245,7 +287,7 @@ class OwnershipWatch:
         self._last = now
         try:
             if self._admin is None:
-                self._admin = _admin(self.kafka)
+                self._admin = admin_client(self.kafka)[0]
             unowned = unowned_partitions(
                 self.kafka, self.group_id, self.topic, timeout=2.0, admin=self._admin
             )

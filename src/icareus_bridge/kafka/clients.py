@@ -206,6 +206,28 @@ def is_fatal(err: Any) -> bool:
     return bool(err is not None and (err.fatal() or err.code() == KafkaError._FATAL))
 
 
+def security_refusal(kafka: KafkaSettings, err: Any) -> str | None:
+    """What to fix when `err` (a client error) says the broker refused this client's
+    credentials or the TLS handshake failed; None for any other error. The message names the
+    settings involved, never the password."""
+    if err is None or not hasattr(err, "code"):
+        return None
+    said = err.str() if hasattr(err, "str") else str(err)
+    if err.code() == KafkaError._AUTHENTICATION:
+        return (
+            f"the broker refused the credentials of kafka.sasl_username={kafka.sasl_username} "
+            f"(kafka.sasl_mechanism={kafka.sasl_mechanism}): check kafka.sasl_password or "
+            f"kafka.sasl_password_file and kafka.security_protocol; the client said: {said}"
+        )
+    if err.code() == KafkaError._SSL:
+        return (
+            "the TLS handshake with the broker failed: check kafka.ssl_ca_location (the CA "
+            "that signed the broker's certificate), the broker's host names in "
+            f"kafka.bootstrap_servers and kafka.security_protocol; the client said: {said}"
+        )
+    return None
+
+
 def is_all_brokers_down(err: Any) -> bool:
     """A client error saying no broker of the cluster can be reached."""
     return bool(err is not None and err.code() == KafkaError._ALL_BROKERS_DOWN)

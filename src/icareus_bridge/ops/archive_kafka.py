@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from icareus_bridge.codec import REQUEST, RESULT, Codec, DecodeError, DecodeReason
 from icareus_bridge.config import Settings
-from icareus_bridge.kafka.clients import assign_only_consumer, base_config, is_partition_eof
+from icareus_bridge.kafka.admin import KafkaRefused, admin_client, first_contact
+from icareus_bridge.kafka.clients import assign_only_consumer, is_partition_eof
 
 
 class KafkaUnreachable(Exception):
@@ -57,7 +57,7 @@ class Cluster:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.timeout = settings.archive.kafka_timeout_seconds
-        self.admin = AdminClient(base_config(settings.kafka))
+        self.admin, self._errors = admin_client(settings.kafka)
         self.partitions = self._topics()
 
     def _unreachable(self, exc: Exception) -> KafkaUnreachable:
@@ -68,7 +68,9 @@ class Cluster:
 
     def _topics(self) -> dict[str, int]:
         try:
-            md = self.admin.list_topics(timeout=self.timeout)
+            md = first_contact(self.admin, self.settings.kafka, self._errors, self.timeout)
+        except KafkaRefused as exc:
+            raise KafkaUnreachable(str(exc)) from None
         except KafkaException as exc:
             raise self._unreachable(exc) from exc
         return {n: len(t.partitions) for n, t in md.topics.items() if t.error is None}

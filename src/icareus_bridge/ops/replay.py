@@ -35,6 +35,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 
 from icareus_bridge.codec import Codec
 from icareus_bridge.config import Settings, load_settings
+from icareus_bridge.kafka.admin import KafkaRefused, admin_client, first_contact
 from icareus_bridge.kafka.changelog import RestoreError, read_to_end
 from icareus_bridge.kafka.clients import (
     LIBRDKAFKA_LOGGER,
@@ -139,9 +140,11 @@ def _quiet_librdkafka() -> None:
 def topic_partitions(settings: Settings) -> dict[str, int]:
     """Topic name -> partition count, or `KafkaUnreachable` within PROBE_SECONDS."""
     kafka = settings.kafka
-    admin = AdminClient(base_config(kafka))
+    admin, errors = admin_client(kafka)
     try:
-        md = admin.list_topics(timeout=PROBE_SECONDS)
+        md = first_contact(admin, kafka, errors, PROBE_SECONDS)
+    except KafkaRefused as exc:
+        raise KafkaUnreachable(str(exc)) from None
     except KafkaException as exc:
         raise KafkaUnreachable(
             f"Kafka unreachable at {kafka.bootstrap_servers} (kafka.bootstrap_servers): "
