@@ -127,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="initial fault injection, same JSON as POST /_sim/faults",
     )
+    sim.add_argument(
+        "--tls-cert", default=None, metavar="FILE", help="serve HTTPS with this PEM certificate"
+    )
+    sim.add_argument("--tls-key", default=None, metavar="FILE", help="the key of --tls-cert")
+    sim.add_argument(
+        "--tls-client-ca",
+        default=None,
+        metavar="FILE",
+        help="require client certificates signed by this CA (PEM; needs --tls-cert)",
+    )
 
     explain = command("explain", "dry-run the state machine on one event given as JSON")
     explain.add_argument("--event", type=Path, required=True, metavar="FILE")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -347,6 +348,12 @@ class IcareusSettings(_Section):
     # HTTP library under the client: aiohttp sustains several times httpx's request rate on
     # one core (docs/BENCHMARKS.md); httpx stays available, e.g. for its mock transport.
     http_backend: Literal["aiohttp", "httpx"] = "aiohttp"
+    # HTTPS (docs/ICAREUS.md, "HTTPS"): Icareus' certificate is always verified, against
+    # `ca_file` (a PEM bundle) when set, else the system's trust store. A client certificate
+    # (`client_cert_file` with `client_key_file`) is sent where Icareus asks for one.
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
     retry: RetrySettings = Field(default_factory=RetrySettings)
     operations: dict[str, IcareusOperation] = Field(default_factory=_default_operations)
 
@@ -361,6 +368,56 @@ class IcareusSettings(_Section):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _usable_tls_files(self) -> IcareusSettings:
+        tls_keys = ("ca_file", "client_cert_file", "client_key_file")
+        given = [k for k in tls_keys if getattr(self, k) is not None]
+        if given and urlsplit(self.base_url).scheme != "https":
+            raise CrossCheckError(
+                f"is set but icareus.base_url is {self.base_url!r}: TLS settings only apply "
+                "to an https:// base_url (calls over http:// are not encrypted)",
+                given[0],
+                "base_url",
+            )
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise CrossCheckError(
+                "a client certificate needs both icareus.client_cert_file and "
+                "icareus.client_key_file",
+                "client_cert_file" if self.client_cert_file is None else "client_key_file",
+            )
+        for name in given:
+            path: Path = getattr(self, name)
+            try:
+                with path.open("rb") as f:
+                    head = f.read(1 << 16)
+            except OSError as exc:
+                raise CrossCheckError(f"cannot read {path}: {exc.strerror or exc}", name) from exc
+            if b"-----BEGIN " not in head:
+                raise CrossCheckError(f"{path} holds no PEM data", name)
+        if given:
+            self.tls_context()  # a file that is PEM but no certificate (or key) fails here
+        return self
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS settings of calls to Icareus: certificate and host name verified, against
+        `ca_file` if set (else the system's trust store); the client certificate if set."""
+        step = "ca_file"
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self.ca_file) if self.ca_file is not None else None
+            )
+            if self.client_cert_file is not None and self.client_key_file is not None:
+                step = "client_cert_file"
+                context.load_cert_chain(str(self.client_cert_file), str(self.client_key_file))
+        except (ssl.SSLError, OSError) as exc:
+            path = self.ca_file if step == "ca_file" else self.client_cert_file
+            what = "CA certificates" if step == "ca_file" else "a certificate and its key"
+            raise CrossCheckError(
+                f"{path} does not hold usable {what}: {getattr(exc, 'reason', None) or exc}",
+                step,
+            ) from exc
+        return context
 
     @model_validator(mode="after")
     def _one_usable_key(self) -> IcareusSettings:

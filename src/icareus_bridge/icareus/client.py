@@ -122,6 +122,7 @@ class IcareusClient:
         self._on_auth_failure = on_auth_failure
         self._clock = clock
         base = settings.base_url.rstrip("/")
+        self._base_url = base
         self._ops: dict[str, _Operation] = {}
         for name, op in settings.operations.items():
             params = tuple(op.params) or DEFAULT_OPERATION_PARAMS.get(name, ())
@@ -319,7 +320,7 @@ class IcareusClient:
         try:
             status, answer_headers, answer_body = await self._http.post(op.url, body, headers)
         except (httpx.TransportError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise from_transport_error(op.name, exc) from exc
+            raise from_transport_error(op.name, exc, self._base_url) from exc
         fields.append((TOKEN_PARAM, redact_token(token)))
         return _Answer(status, answer_headers, answer_body, fields)
 
@@ -383,6 +384,7 @@ class _HttpxBackend:
     ) -> None:
         self._total_timeout = settings.total_timeout_seconds
         self._client = httpx.AsyncClient(
+            verify=settings.tls_context(),
             timeout=httpx.Timeout(
                 connect=settings.connect_timeout_seconds,
                 read=settings.read_timeout_seconds,
@@ -411,12 +413,15 @@ class _AiohttpBackend:
     # The session is opened on first use: aiohttp binds it to the running event loop.
     def __init__(self, settings: IcareusSettings) -> None:
         self._settings = settings
+        self._tls = settings.tls_context()
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         s = self._settings
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_connections, limit_per_host=0),
+            connector=aiohttp.TCPConnector(
+                limit=s.max_connections, limit_per_host=0, ssl=self._tls
+            ),
             timeout=aiohttp.ClientTimeout(
                 total=s.total_timeout_seconds,
                 sock_connect=s.connect_timeout_seconds,

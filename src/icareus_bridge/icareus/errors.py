@@ -14,6 +14,8 @@ success (`Outcome`), a `TransientIcareusError` (retry it) or a `PermanentIcareus
 | HTTP 5xx                                                   | transient `server_error`        |
 | a body that is not a JSON object with a status             | transient `bad_body`            |
 | connect error, timeout, reset (`from_transport_error`)     | transient, reason named after it |
+| TLS: Icareus' certificate not verified, handshake refused  | tls (transient, an auth error): |
+|                                                            | the bridge's own TLS settings   |
 
 Messages and excerpts never carry the organization key, tokens or personal data."""
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ import aiohttp
 import httpx
 
 TransientReason = Literal[
-    "connect", "timeout", "reset", "throttled", "server_error", "bad_body", "auth"
+    "connect", "timeout", "reset", "throttled", "server_error", "bad_body", "auth", "tls"
 ]
 
 # Icareus' refusals of the bridge's own credentials (organization id and signed token), and the
@@ -135,15 +138,35 @@ class AuthIcareusError(TransientIcareusError):
         code: str,
         http_status: int | None = None,
         response_excerpt: str = "",
+        reason: TransientReason = "auth",
     ) -> None:
         super().__init__(
             message,
             operation=operation,
-            reason="auth",
+            reason=reason,
             http_status=http_status,
             response_excerpt=response_excerpt,
         )
         self.code = code
+
+
+# `TlsIcareusError.code`: Icareus' certificate failed verification (unknown CA, expired, wrong
+# host name), or the TLS handshake failed otherwise (e.g. Icareus wants a client certificate).
+TLS_CERTIFICATE_UNVERIFIED = "TLS_CERTIFICATE_UNVERIFIED"
+TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
+
+
+class TlsIcareusError(AuthIcareusError):
+    """The TLS link to Icareus could not be authenticated: the bridge did not accept Icareus'
+    certificate (`code` TLS_CERTIFICATE_UNVERIFIED) or the handshake failed
+    (TLS_HANDSHAKE_FAILED). Like a refused signature it is the bridge's fault (its
+    `icareus.ca_file`, client certificate or `base_url`), never the request's: an
+    `AuthIcareusError` with reason `tls`, retried, never a rejection. `detail` is the TLS
+    library's own reason (e.g. "unable to get local issuer certificate")."""
+
+    def __init__(self, message: str, *, operation: str, code: str, detail: str) -> None:
+        super().__init__(message, operation=operation, code=code, reason="tls")
+        self.detail = detail
 
 
 class PermanentIcareusError(IcareusError):
@@ -308,8 +331,53 @@ def _refused(
     )
 
 
-def from_transport_error(operation: str, exc: BaseException) -> TransientIcareusError:
-    """Map a transport failure (httpx, aiohttp, or the OS underneath) to its transient reason."""
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under a transport failure (aiohttp and httpx wrap it), if it is one that
+    the bridge's TLS settings cause; a connection cut during the handshake is a reset."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        # aiohttp's errors are SSLError subclasses themselves, holding the real one inside.
+        nested = getattr(current, "certificate_error", None) or getattr(current, "os_error", None)
+        if isinstance(nested, ssl.SSLError):
+            current = nested
+            continue
+        if isinstance(current, ssl.SSLError) and not isinstance(
+            current, (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+        ):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _tls_error(operation: str, failure: ssl.SSLError, base_url: str) -> TlsIcareusError:
+    if isinstance(failure, ssl.SSLCertVerificationError):
+        code = TLS_CERTIFICATE_UNVERIFIED
+        detail = getattr(failure, "verify_message", None) or failure.reason or str(failure)
+        what = f"certificate verification failed ({detail})"
+        fix = "check icareus.ca_file (the CA that signed Icareus' certificate) and the host name"
+    else:
+        code = TLS_HANDSHAKE_FAILED
+        detail = getattr(failure, "reason", None) or str(failure)
+        what = f"TLS handshake failed ({detail})"
+        fix = "check icareus.client_cert_file, icareus.client_key_file and icareus.ca_file"
+    return TlsIcareusError(
+        f"Icareus {operation} at {base_url}: {what}; {fix}",
+        operation=operation,
+        code=code,
+        detail=str(detail)[:200],
+    )
+
+
+def from_transport_error(
+    operation: str, exc: BaseException, base_url: str = ""
+) -> TransientIcareusError:
+    """Map a transport failure (httpx, aiohttp, or the OS underneath) to its transient reason;
+    a TLS failure of the bridge's settings to a `TlsIcareusError` naming `base_url`."""
+    failure = _tls_failure(exc)
+    if failure is not None:
+        return _tls_error(operation, failure, base_url or "icareus.base_url")
     reason: TransientReason
     if isinstance(exc, (httpx.ConnectTimeout, aiohttp.ConnectionTimeoutError)):
         reason = "connect"
@@ -331,10 +399,13 @@ __all__ = [
     "AUTH_CODES",
     "AUTH_HTTP_STATUSES",
     "EXCERPT_MAX_BYTES",
+    "TLS_CERTIFICATE_UNVERIFIED",
+    "TLS_HANDSHAKE_FAILED",
     "AuthIcareusError",
     "IcareusError",
     "Outcome",
     "PermanentIcareusError",
+    "TlsIcareusError",
     "TransientIcareusError",
     "TransientReason",
     "classify",

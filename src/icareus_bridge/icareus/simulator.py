@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -716,7 +717,36 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_server(app: SimulatorApp) -> Any:
+@dataclass(frozen=True, slots=True)
+class SimulatorTls:
+    """HTTPS for the simulator: its certificate chain and key (PEM files), and optionally the CA
+    whose client certificates it requires (for tests of a client certificate)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    def check(self) -> None:
+        """Load the files once, so a bad one stops the start with a message naming it."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"--tls-cert/--tls-key: cannot load {self.cert_file} with {self.key_file}: "
+                f"{getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc}"
+            ) from exc
+        if self.client_ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=str(self.client_ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"--tls-client-ca: cannot load {self.client_ca_file}: "
+                    f"{getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc}"
+                ) from exc
+
+
+def _uvicorn_server(app: SimulatorApp, tls: SimulatorTls | None = None) -> Any:
     import uvicorn
 
     loop = "uvloop" if _importable("uvloop") else "asyncio"
@@ -731,8 +761,18 @@ def _uvicorn_server(app: SimulatorApp) -> Any:
         lifespan="off",
         timeout_graceful_shutdown=1,
         backlog=4096,
+        **_uvicorn_tls(tls),
     )
     return uvicorn.Server(config)
+
+
+def _uvicorn_tls(tls: SimulatorTls | None) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
+    if tls.client_ca_file is not None:
+        options.update(ssl_ca_certs=str(tls.client_ca_file), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
 
 
 def _importable(name: str) -> bool:
@@ -764,6 +804,7 @@ def main(args: argparse.Namespace) -> int:
         )
         changes["rates"] = rates
     faults = faults.model_copy(update=changes)
+    tls = _tls_arguments(args)
     products = [p for p in (args.products or "").split(",") if p.strip()]
     config = SimulatorConfig.from_settings(
         settings,
@@ -794,13 +835,29 @@ def main(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(
-        f"{READY_PREFIX}http://{shown}:{port} (api {config.api_prefix}, organization "
-        f"{config.organization_id}, {len(config.products)} products)",
+        f"{READY_PREFIX}{'https' if tls else 'http'}://{shown}:{port} "
+        f"(api {config.api_prefix}, organization {config.organization_id}, "
+        f"{len(config.products)} products)",
         flush=True,
     )
-    server = _uvicorn_server(create_app(config))
+    server = _uvicorn_server(create_app(config), tls)
     server.run(sockets=[sock])
     return 0
+
+
+def _tls_arguments(args: argparse.Namespace) -> SimulatorTls | None:
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    client_ca = getattr(args, "tls_client_ca", None)
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError("--tls-client-ca: needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        missing = "--tls-key" if key is None else "--tls-cert"
+        raise ConfigError(f"{missing}: --tls-cert and --tls-key go together")
+    tls = SimulatorTls(Path(cert), Path(key), Path(client_ca) if client_ca else None)
+    tls.check()
+    return tls
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -811,11 +868,21 @@ class SimulatorHandle:
     """A running simulator. `base_url` is what `icareus.base_url` should be; `admin_url` is the
     `/_sim` root. `stop()` ends it (idempotent); also a context manager."""
 
-    def __init__(self, host: str, port: int, api_prefix: str, stopper: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        api_prefix: str,
+        stopper: Callable[[], None],
+        *,
+        scheme: str = "http",
+        ca_file: Path | str | None = None,
+    ) -> None:
         shown = f"[{host}]" if ":" in host else host
         self.host = host
         self.port = port
-        self.root_url = f"http://{shown}:{port}"
+        self.ca_file = ca_file  # what the admin client trusts over https
+        self.root_url = f"{scheme}://{shown}:{port}"
         self.base_url = self.root_url + api_prefix
         self.admin_url = self.root_url + "/_sim"
         self.pid: int | None = None  # the child process, for start_simulator_process
@@ -823,7 +890,7 @@ class SimulatorHandle:
         self._stopped = False
 
     def admin(self) -> SimulatorAdmin:
-        return SimulatorAdmin(self.admin_url)
+        return SimulatorAdmin(self.admin_url, ca_file=self.ca_file)
 
     def stop(self) -> None:
         if not self._stopped:
@@ -843,13 +910,21 @@ class SimulatorHandle:
 
 
 def start_simulator_thread(
-    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
+    config: SimulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    tls: SimulatorTls | None = None,
+    ca_file: Path | str | None = None,
 ) -> SimulatorHandle:
-    """Serve `config` from a daemon thread of this process (port 0 = a free one). Cheap to
-    start; the listening socket exists when this returns, so calls can be made at once."""
+    """Serve `config` from a daemon thread of this process (port 0 = a free one), over HTTPS
+    with `tls` (`ca_file`: what the handle's admin client trusts). Cheap to start; the
+    listening socket exists when this returns, so calls can be made at once."""
+    if tls is not None:
+        tls.check()
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
-    server = _uvicorn_server(create_app(config))
+    server = _uvicorn_server(create_app(config), tls)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="icareus-simulator", daemon=True
     )
@@ -860,7 +935,10 @@ def start_simulator_thread(
         thread.join(timeout=10)
         sock.close()
 
-    return SimulatorHandle(bound_host, bound_port, config.api_prefix, stop)
+    scheme = "https" if tls else "http"
+    return SimulatorHandle(
+        bound_host, bound_port, config.api_prefix, stop, scheme=scheme, ca_file=ca_file
+    )
 
 
 def start_simulator_process(
@@ -876,9 +954,12 @@ def start_simulator_process(
     config_path: Path | str | None = None,
     cpus: Sequence[int] | None = None,
     ready_timeout: float = 30.0,
+    tls: SimulatorTls | None = None,
+    ca_file: Path | str | None = None,
 ) -> SimulatorHandle:
     """Run `icareus-bridge simulator` as a child process (port 0 = a free one), pinned to
-    `cpus` if given; returns once it listens. The key travels in the environment, not argv."""
+    `cpus` if given, over HTTPS with `tls`; returns once it listens. The key travels in the
+    environment, not argv."""
     cmd = [sys.executable, "-m", "icareus_bridge.cli", "simulator", "--host", host]
     cmd += ["--port", str(port), "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms)]
     if config_path is not None:
@@ -890,6 +971,10 @@ def start_simulator_process(
     if faults is not None:
         faults_model = faults if isinstance(faults, Faults) else Faults.model_validate(faults)
         cmd += ["--faults", faults_model.model_dump_json()]
+    if tls is not None:
+        cmd += ["--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file)]
+        if tls.client_ca_file is not None:
+            cmd += ["--tls-client-ca", str(tls.client_ca_file)]
     env = dict(os.environ)
     if key is not None:
         env["ICAREUS_BRIDGE__ICAREUS__KEY"] = key
@@ -923,7 +1008,9 @@ def start_simulator_process(
         if proc.stdout is not None:
             proc.stdout.close()
 
-    handle = SimulatorHandle(url.hostname, url.port, api_prefix, stop)
+    handle = SimulatorHandle(
+        url.hostname, url.port, api_prefix, stop, scheme=url.scheme, ca_file=ca_file
+    )
     handle.pid = proc.pid
     return handle
 
@@ -939,11 +1026,19 @@ def _read_line(stream: Any, timeout: float) -> str:
 # --- admin clients ---------------------------------------------------------------------------
 
 
+def _admin_verify(ca_file: Path | str | None) -> ssl.SSLContext | bool:
+    return ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else True
+
+
 class SimulatorAdmin:
     """Blocking client of `/_sim/*`."""
 
-    def __init__(self, admin_url: str, timeout: float = 10.0) -> None:
-        self._http = httpx.Client(base_url=admin_url.rstrip("/"), timeout=timeout)
+    def __init__(
+        self, admin_url: str, timeout: float = 10.0, *, ca_file: Path | str | None = None
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=admin_url.rstrip("/"), timeout=timeout, verify=_admin_verify(ca_file)
+        )
 
     def state(self) -> dict[str, Any]:
         return self._get("/state")
@@ -987,8 +1082,12 @@ class SimulatorAdmin:
 class AsyncSimulatorAdmin:
     """Async client of `/_sim/*`, for code already inside an event loop."""
 
-    def __init__(self, admin_url: str, timeout: float = 10.0) -> None:
-        self._http = httpx.AsyncClient(base_url=admin_url.rstrip("/"), timeout=timeout)
+    def __init__(
+        self, admin_url: str, timeout: float = 10.0, *, ca_file: Path | str | None = None
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=admin_url.rstrip("/"), timeout=timeout, verify=_admin_verify(ca_file)
+        )
 
     async def state(self) -> dict[str, Any]:
         return await self._get("/state")
@@ -1037,6 +1136,7 @@ __all__ = [
     "SimulatorAdmin",
     "SimulatorConfig",
     "SimulatorHandle",
+    "SimulatorTls",
     "create_app",
     "main",
     "start_simulator_process",

@@ -54,6 +54,8 @@ DEAD_LETTER_REASONS: tuple[tuple[str, str], ...] = (
     ("plan", "PLAN_FAILED"),
     ("plan", "FEEDBACK_FAILED"),
     ("dispatch", "RETRIES_EXHAUSTED"),
+    ("dispatch", "AUTH_FAILED"),
+    ("dispatch", "TLS_FAILED"),
     ("dispatch", "PARKED"),
     ("dispatch", "DISPATCH_FAILED"),
 )
@@ -300,7 +302,7 @@ class Metrics:
         self.retries = Counter(
             "icareus_bridge_retries",
             "Icareus calls retried, by reason (connect, timeout, reset, throttled, "
-            "server_error, bad_body).",
+            "server_error, bad_body, auth, tls).",
             ["reason"],
             registry=r,
         )
@@ -309,6 +311,14 @@ class Metrics:
             "icareus_bridge_icareus_auth_failures",
             "Icareus calls refused for the bridge's own credentials (INVALID_TOKEN: wrong "
             "organization key or id, or clock skew; HTTP 401/403), every attempt counted.",
+            registry=r,
+        )
+        # Also without labels, for the same reason.
+        self.icareus_tls_failures = Counter(
+            "icareus_bridge_icareus_tls_failures",
+            "Icareus calls whose TLS link the bridge could not authenticate (Icareus' "
+            "certificate not verified against icareus.ca_file, or the handshake refused), "
+            "every attempt counted.",
             registry=r,
         )
         self.parked_keys = Gauge(

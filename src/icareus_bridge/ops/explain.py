@@ -1,5 +1,6 @@
 """`icareus-bridge explain`: a dry run of the state machine on one event given as JSON. Reads the
-event (and optionally the state an earlier explain printed), plans, prints JSON, sends nothing."""
+event (and optionally the state an earlier explain printed), plans, prints JSON, sends nothing.
+The subscriber's personal data is shown redacted: the output is for terminals and tickets."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ from icareus_bridge.core.validation import check_event, check_event_size, check_
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 
+# The subscriber's personal data, in an ADD_USER's params and in the state's snapshot. Shown as
+# REDACTED; the state still plans the next step (`plan` reads the profile from the event only).
+PERSONAL_FIELDS = ("first_name", "last_name", "email", "phone", "postal_code", "city")
+REDACTED = "<redacted>"
+
+
+def _redacted(fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: REDACTED if k in PERSONAL_FIELDS and v not in (None, "") else v
+        for k, v in fields.items()
+    }
+
 
 def render(decision: Decision) -> dict[str, Any]:
     """The explain output: requests in plan order, rejections, and the state after the plan
@@ -30,7 +43,7 @@ def render(decision: Decision) -> dict[str, Any]:
                 "type": r.type.value,
                 "distributor": r.distributor,
                 "account_key": r.account_key,
-                "params": r.params(),
+                "params": _redacted(r.params()),
             }
             for r in decision.requests
         ],
@@ -38,8 +51,16 @@ def render(decision: Decision) -> dict[str, Any]:
             {"code": j.code.value, "distributor": j.distributor, "detail": j.detail}
             for j in decision.rejections
         ],
-        "state": decision.state.model_dump(mode="json"),
+        "state": _redacted_state(decision.state.model_dump(mode="json")),
     }
+
+
+def _redacted_state(state: dict[str, Any]) -> dict[str, Any]:
+    snapshot = state.get("snapshot")
+    if isinstance(snapshot, dict) and isinstance(snapshot.get("subscriber"), dict):
+        subscriber = _redacted(snapshot["subscriber"])
+        state = {**state, "snapshot": {**snapshot, "subscriber": subscriber}}
+    return state
 
 
 def _read(path: Path, what: str) -> str:

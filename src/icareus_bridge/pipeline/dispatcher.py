@@ -34,7 +34,12 @@ from icareus_bridge.core.model import (
 )
 from icareus_bridge.core.plan import account_key, plan
 from icareus_bridge.icareus.client import CallResult, IcareusClient
-from icareus_bridge.icareus.errors import AuthIcareusError, IcareusError, PermanentIcareusError
+from icareus_bridge.icareus.errors import (
+    AuthIcareusError,
+    IcareusError,
+    PermanentIcareusError,
+    TlsIcareusError,
+)
 from icareus_bridge.kafka.admin import OwnershipWatch
 from icareus_bridge.kafka.changelog import read_to_end
 from icareus_bridge.kafka.checkpoint import OutboundRecord, TransactionAborted, TransactionFatal
@@ -87,6 +92,9 @@ COMMIT_SETTLE_SECONDS = 60.0
 REASON_RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
 # Icareus refused the bridge's own credentials for the whole retry budget (docs/ICAREUS.md).
 REASON_AUTH_FAILED = "AUTH_FAILED"
+# The bridge could not authenticate Icareus' TLS link (certificate, handshake) for the whole
+# retry budget (docs/ICAREUS.md, "HTTPS").
+REASON_TLS_FAILED = "TLS_FAILED"
 REASON_PARKED = "PARKED"
 REASON_DISPATCH_FAILED = "DISPATCH_FAILED"
 
@@ -94,6 +102,10 @@ REASON_DISPATCH_FAILED = "DISPATCH_FAILED"
 _HOLDS_WITHOUT_USER = frozenset(
     {RequestType.REMOVE_USER, RequestType.REMOVE_DEVICE, RequestType.CANCEL_PRODUCTS}
 )
+
+
+def _auth_reason(exc: AuthIcareusError) -> str:
+    return REASON_TLS_FAILED if isinstance(exc, TlsIcareusError) else REASON_AUTH_FAILED
 
 
 class StopSignal(Protocol):
@@ -256,21 +268,34 @@ class Dispatcher:
     def _on_auth_failure(self, exc: AuthIcareusError) -> None:
         """Icareus refused the bridge's own credentials: an outage of this bridge, whatever the
         request was. Counted at every attempt, readiness false at once; the call itself is
-        held and retried (the client), then dead-lettered `AUTH_FAILED` (`_execute`)."""
-        self.metrics.icareus_auth_failures.inc()
-        self._icareus_answers(
-            False,
-            f"refuses the bridge's credentials ({exc.code}): check icareus.key or key_file, "
-            "icareus.organization_id and the clock",
-        )
+        held and retried (the client), then dead-lettered `AUTH_FAILED` (`_execute`). A TLS
+        link the bridge cannot authenticate is handled alike (`TLS_FAILED`)."""
+        if isinstance(exc, TlsIcareusError):
+            self.metrics.icareus_tls_failures.inc()
+            self._icareus_answers(False, f"TLS link not authenticated ({exc.code}): {exc}")
+        else:
+            self.metrics.icareus_auth_failures.inc()
+            self._icareus_answers(
+                False,
+                f"refuses the bridge's credentials ({exc.code}): check icareus.key or "
+                "key_file, icareus.organization_id and the clock",
+            )
         if not self._auth_refused:
             self._auth_refused = True
-            self.log.error(
-                "Icareus refuses the bridge's credentials; calls are held and retried",
-                code=exc.code,
-                operation=exc.operation,
-                http_status=exc.http_status,
-            )
+            if isinstance(exc, TlsIcareusError):
+                self.log.error(
+                    "Icareus' TLS link is not authenticated; calls are held and retried",
+                    code=exc.code,
+                    operation=exc.operation,
+                    error=str(exc),
+                )
+            else:
+                self.log.error(
+                    "Icareus refuses the bridge's credentials; calls are held and retried",
+                    code=exc.code,
+                    operation=exc.operation,
+                    http_status=exc.http_status,
+                )
 
     def _start(self) -> None:
         # The producer first: init_transactions aborts what an earlier incarnation of this
@@ -568,7 +593,7 @@ class Dispatcher:
         except GaveUp:
             raise
         except AuthIcareusError as exc:  # refused for the whole budget; readiness already false
-            raise GaveUp(REASON_AUTH_FAILED, exc) from exc
+            raise GaveUp(_auth_reason(exc), exc) from exc
         except IcareusError as exc:  # transient, after the whole retry budget
             gave_up = "permanent" if isinstance(exc, PermanentIcareusError) else "transient"
             self.metrics.icareus_calls.labels(request.type.value, gave_up).inc()
@@ -652,7 +677,7 @@ class Dispatcher:
                 )
                 self.accounts.registered(key, user.user_id)
         except AuthIcareusError as exc:
-            raise GaveUp(REASON_AUTH_FAILED, exc) from exc
+            raise GaveUp(_auth_reason(exc), exc) from exc
         except IcareusError as exc:
             raise GaveUp(REASON_RETRIES_EXHAUSTED, exc) from exc
         state = observed_state(None, sub.id, sub.number, observed.values())
