@@ -19,9 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 RULE_TESTS = REPO / "deploy" / "prometheus" / "alerts_test.yml"
 OPERATIONS = REPO / "docs" / "OPERATIONS.md"
-# Metrics a rule may name that this process does not export: Prometheus' own `up`, and the
-# Icareus signature refusals counted by the Icareus client (absent until that counter exists).
-NOT_FROM_THE_BRIDGE = {"up", "icareus_bridge_icareus_auth_failures_total"}
+# Metrics a rule may name that the bridge does not export: Prometheus' own `up`.
+NOT_FROM_THE_BRIDGE = {"up"}
 PROMQL_FUNCTIONS_AND_WORDS = {
     "sum",
     "max",
