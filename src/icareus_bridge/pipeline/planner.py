@@ -32,6 +32,7 @@ from icareus_bridge.core.model import (
 from icareus_bridge.kafka import clients
 from icareus_bridge.kafka.checkpoint import (
     Checkpoint,
+    DeadLetterRoute,
     OutboundRecord,
     TransactionAborted,
     TransactionFatal,
@@ -335,6 +336,8 @@ class Planner:
             self._consumer,
             self.topics.state,
             encode_state=self.logic.codec.encode_state,
+            dead_letters=DeadLetterRoute(self.topics.dlq, "plan", p.group_id),
+            new_producer=self._new_producer,
             max_records=p.batch_max_events,
             max_seconds=p.batch_max_ms / 1000.0,
         )
@@ -542,6 +545,7 @@ class Planner:
         try:
             stats = cp.commit()
         except TransactionAborted as exc:
+            self._producer = cp.producer  # replaced after a refused record
             self.metrics.transactions.labels(ROLE, "aborted").inc()
             self.log.warning("transaction aborted, batch will be read again", error=str(exc))
             self._checkpoint = self._new_checkpoint()
@@ -552,6 +556,17 @@ class Planner:
             self.log.error("transaction failed fatally, new producer", error=str(exc))
             self._restart_producer()
             return
+        self._producer = cp.producer  # replaced after a refused record
+        for refusal in stats.refused:
+            self._inc(self.metrics.dead_letters, "plan", refusal.reason)
+            self.log.error(
+                "record refused by the broker, dead-lettered",
+                reason=refusal.reason,
+                topic=refusal.topic,
+                partition=refusal.partition,
+                error=refusal.error,
+                truncated=refusal.truncated,
+            )
         for partition, key, write in cp.state_writes():
             self.store.put(partition, key, write.value, write.obj)
         self.metrics.transactions.labels(ROLE, "committed").inc()
