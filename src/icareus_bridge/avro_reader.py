@@ -84,8 +84,9 @@ def _length(data, pos):
 
 
 class OutOfRange(ValueError):
-    """A varint that is not an Avro long (more than 10 bytes, over 64 bits) or int (more
-    than 5 bytes, outside 32 bits). fastavro wraps such numbers around silently."""
+    """A number an Avro long (64 bits) or int (32 bits) cannot hold. Read: a varint of more
+    than 10 (int: 5) bytes or over the type's bits, which fastavro wraps around silently.
+    Written (`avro_writer`): the message names the field."""
 
 
 class InvalidBoolean(ValueError):

@@ -3,13 +3,17 @@ request, rejection result and state record it produces, so each current schema g
 straight-line Python that writes the binary body from the record dict (as `model_dump` gives
 it) or from the pydantic model itself (its `__dict__`, which skips `model_dump`). fastavro
 remains the reference (tests compare both byte for byte) and the fallback for a schema shape
-this compiler does not handle (`UnsupportedSchema`)."""
+this compiler does not handle (`UnsupportedSchema`). A long or int out of its type's range
+raises `OutOfRange` naming the field, where fastavro would refuse it or write what no strict
+reader reads back."""
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from icareus_bridge.avro_reader import OutOfRange
 
 Writer = Callable[[Any], bytes]
 
@@ -20,17 +24,13 @@ class UnsupportedSchema(Exception):
     """A schema construct the compiler leaves to fastavro."""
 
 
-class OutOfRange(ValueError):
-    """A number the schema's type cannot hold: a long outside 64 bits (fastavro refuses it
-    too), an int outside 32 bits (fastavro writes it; no strict reader reads it back). The
-    message names the field. A value that is no number at all raises TypeError."""
-
-
 LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
 INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
 
 
 def _out_of_range(field: str, kind: str, value: Any) -> OutOfRange:
+    # A long outside 64 bits (fastavro refuses it too) or an int outside 32 bits (fastavro
+    # writes it; no strict reader reads it back). A value that is no number: TypeError.
     text = repr(value)
     if len(text) > 40:
         text = text[:40] + "..."
