@@ -24,8 +24,8 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
-from icareus_bridge.avro_reader import Instance, Reader, compile_reader
-from icareus_bridge.avro_writer import OutOfRange, UnsupportedSchema, Writer, compile_writer
+from icareus_bridge.avro_reader import Instance, OutOfRange, Reader, compile_reader
+from icareus_bridge.avro_writer import UnsupportedSchema, Writer, compile_writer
 from icareus_bridge.core.model import (
     AccountState,
     Action,
