@@ -503,22 +503,27 @@ def record_identity(data: bytes | None) -> tuple[str, str, str] | None:
     only that field: for naming a record too large or too broken to handle whole."""
     if data is None or data[:2] != SINGLE_OBJECT_MAGIC:
         return None
-    schemas = default_codec().schemas
-    version = schemas.by_fingerprint.get(data[2:_SINGLE_OBJECT_HEADER])
+    head = _first_field_reader(data[2:_SINGLE_OBJECT_HEADER])
+    if head is None:
+        return None
+    name, field_name, reader = head
+    try:
+        value, _ = reader(data, _SINGLE_OBJECT_HEADER)
+    except (EOFError, IndexError, KeyError, ValueError):
+        return None
+    return name, field_name, str(value[field_name])
+
+
+@cache
+def _first_field_reader(fp: bytes) -> tuple[str, str, Reader] | None:
+    version = default_codec().schemas.by_fingerprint.get(fp)
     if version is None:
         return None
     fields = json.loads(version.source).get("fields") or []
     if not fields or fields[0].get("type") != "string":
         return None
-    try:
-        reader = compile_reader(
-            {"type": "record", "name": "Head", "fields": [fields[0]]}, sequence=list
-        )
-        head, _ = reader(data, _SINGLE_OBJECT_HEADER)
-    except (EOFError, IndexError, KeyError, ValueError):
-        return None
-    name = str(fields[0]["name"])
-    return version.name, name, str(head[name])
+    reader = compile_reader({"type": "record", "name": "Head", "fields": [fields[0]]})
+    return version.name, str(fields[0]["name"]), reader
 
 
 @cache

@@ -155,8 +155,23 @@ class StrictReader:
 
 # --- random values of a schema ----------------------------------------------------------------
 
-_EDGE_LONGS = (0, 1, -1, 63, 64, -64, -65, INT_MAX, INT_MIN, INT_MAX + 1, INT_MIN - 1,
-               LONG_MAX, LONG_MIN, LONG_MAX - 1, LONG_MIN + 1)
+_EDGE_LONGS = (
+    0,
+    1,
+    -1,
+    63,
+    64,
+    -64,
+    -65,
+    INT_MAX,
+    INT_MIN,
+    INT_MAX + 1,
+    INT_MIN - 1,
+    LONG_MAX,
+    LONG_MIN,
+    LONG_MAX - 1,
+    LONG_MIN + 1,
+)
 _EDGE_INTS = (0, 1, -1, 63, 64, -64, -65, INT_MAX, INT_MIN, INT_MAX - 1, INT_MIN + 1)
 _ALPHABET = "abcXYZ019 -_.@ÄöÜßΕλένη中文🙂\u0000\t\n\u202e\ufeff"
 
@@ -186,8 +201,13 @@ def random_int(rng: random.Random) -> int:
 class ValueMaker:
     """Random values of `schema`, shaped as fastavro writes them (dicts, lists, symbols)."""
 
-    def __init__(self, schema: Mapping[str, Any], *, max_items: int = 4,
-                 text: Callable[[random.Random], str] = random_text) -> None:
+    def __init__(
+        self,
+        schema: Mapping[str, Any],
+        *,
+        max_items: int = 4,
+        text: Callable[[random.Random], str] = random_text,
+    ) -> None:
         self.schema = schema
         self.named: dict[str, Any] = {}
         self.max_items = max_items
@@ -221,8 +241,10 @@ class ValueMaker:
             self.named[_full_name(schema, ns)] = schema
             return rng.choice(schema["symbols"])
         if t == "array":
-            return [self._value(schema["items"], rng, ns)
-                    for _ in range(rng.randrange(self.max_items + 1))]
+            return [
+                self._value(schema["items"], rng, ns)
+                for _ in range(rng.randrange(self.max_items + 1))
+            ]
         return self._value(t, rng, ns)
 
 

@@ -278,8 +278,14 @@ def test_the_writer_writes_what_fastavro_accepts_and_refuses_the_rest(
     assert written == (in_range and all(x is None or LONG_MIN <= x <= LONG_MAX for x in a))
 
 
-def _numbers(node: Any, schema: Any, path: str, out: list[tuple[str, Callable[[int], None]]],
-             named: dict[str, Any], ns: str) -> None:
+def _numbers(
+    node: Any,
+    schema: Any,
+    path: str,
+    out: list[tuple[str, Callable[[int], None]]],
+    named: dict[str, Any],
+    ns: str,
+) -> None:
     """Setters for every long/int in `node` (a value of `schema`), with their field path."""
     if isinstance(schema, list):
         for branch in schema:
@@ -289,16 +295,21 @@ def _numbers(node: Any, schema: Any, path: str, out: list[tuple[str, Callable[[i
     if isinstance(schema, str) and schema in named:
         schema = named[schema]
     if isinstance(schema, dict) and schema.get("type") == "record":
-        full = schema["name"] if "." in schema["name"] else (
-            f"{schema.get('namespace', ns)}.{schema['name']}")
+        full = (
+            schema["name"]
+            if "." in schema["name"]
+            else (f"{schema.get('namespace', ns)}.{schema['name']}")
+        )
         named[full] = named[schema["name"]] = schema
         own = full.rsplit(".", 1)[0]
         for f in schema["fields"]:
             t = f["type"]
             kind = t.get("type") if isinstance(t, dict) else t
             if kind in ("long", "int"):
+
                 def put(v: int, rec: dict[str, Any] = node, k: str = f["name"]) -> None:
                     rec[k] = v
+
                 out.append((f"{schema['name']}.{f['name']}:{kind}", put))
             else:
                 _numbers(node[f["name"]], t, f"{path}.{f['name']}", out, named, own)
@@ -322,8 +333,12 @@ def test_records_of_the_bridge_schemas_are_written_as_fastavro_writes_or_refused
         if numbers and rng.random() < 0.5:
             field, put = rng.choice(numbers)
             kind = field.rsplit(":", 1)[1]
-            put(rng.choice([1 << 63, -(1 << 63) - 1, 1 << 80] + (
-                [1 << 31, -(1 << 31) - 1] if kind == "int" else [])))
+            put(
+                rng.choice(
+                    [1 << 63, -(1 << 63) - 1, 1 << 80]
+                    + ([1 << 31, -(1 << 31) - 1] if kind == "int" else [])
+                )
+            )
             with pytest.raises(EncodeError, match=field.split(":")[0].split(".")[-1]):
                 CODEC.encode(name, record)
         if check_writer(target, record):
