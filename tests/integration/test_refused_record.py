@@ -292,3 +292,52 @@ def _check_dead(dead: Record, input_topic: str, request_id: str) -> None:
     assert h["dlq.request.id"] == request_id and dead.key == b"sub-big"
     assert (h["dlq.original.topic"], h["dlq.original.partition"]) == (input_topic, "0")
     assert h["dlq.original.offset"] == "1"
+
+
+def test_a_dead_letter_the_dead_letter_topic_refuses_keeps_its_own_headers_truncated(
+    kafka_bootstrap: str, make_topic: Callable[..., str], small_topic: Callable[..., str]
+) -> None:
+    source, state, dlq = (
+        make_topic("rr-in"),
+        make_topic("rr-state", compacted=True),
+        small_topic("rr-dlq"),
+    )
+    group, tid = unique("rr"), unique("rr-tx")
+    kafka = _kafka(kafka_bootstrap)
+    _fill(kafka_bootstrap, source, [b"e0"])
+    consumer = clients.consumer(kafka, group)
+
+    def new_producer() -> Producer:
+        return clients.transactional_producer(kafka, tid)
+
+    # An input the planner dead-letters (say INVALID), too large for the dead-letter topic.
+    huge_key = b"K" * 3000
+    headers = [
+        ("dlq.stage", b"validate"),
+        ("dlq.reason", b"INVALID"),
+        ("dlq.original.topic", source.encode()),
+        ("dlq.original.offset", b"0"),
+    ]
+    route = DeadLetterRoute(dlq, stage="plan", group=group)
+    try:
+        [msg] = _consume(consumer, source, 1)
+        cp = Checkpoint(
+            new_producer(), consumer, state, dead_letters=route, new_producer=new_producer
+        )
+        cp.produce(OutboundRecord(dlq, huge_key, b"V" * (LIMIT * 2), headers=headers))
+        cp.mark_processed(msg.topic(), 0, msg.offset())
+        [refusal] = cp.commit().refused
+    finally:
+        consumer.close()
+    assert refusal.truncated and refusal.topic == dlq
+    [dead] = read_topic(kafka_bootstrap, dlq, expect=1)
+    h = dead.headers
+    assert dead.value is None and dead.key == huge_key[:1024]
+    assert (h["dlq.stage"], h["dlq.reason"], h["dlq.truncated"]) == (
+        "validate",
+        "INVALID",
+        "value,key",
+    )
+    assert (h["dlq.original.topic"], h["dlq.original.offset"]) == (source, "0")
+    assert h["dlq.record.bytes"] == str(LIMIT * 2)
+    assert _committed(kafka_bootstrap, group, source) == 1
