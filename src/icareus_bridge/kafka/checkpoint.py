@@ -404,7 +404,11 @@ class Checkpoint:
             with contextlib.suppress(KafkaException):
                 self.producer.abort_transaction(self.commit_timeout)
             self._in_transaction = False
-        self.producer = self.new_producer()
+        try:
+            self.producer = self.new_producer()
+        except KafkaException as exc:
+            self.rewind()
+            raise TransactionFatal(f"no new producer after a refused record: {exc}") from exc
 
     def _recover(self, first: KafkaException) -> None:
         """After a refusal: new producer, then the batch again record by record (each flushed
