@@ -286,11 +286,17 @@ class Hostile:
             self.store[h.state.key] = h.state.record
         return "planned"
 
-    def run(self, inputs: int, *, watchdog: float | None = None) -> dict[str, Any]:
-        """Run `inputs` inputs; the counts by kind and outcome, and the durations."""
+    def run(
+        self, inputs: int, *, watchdog: float | None = None, progress: int = 0
+    ) -> dict[str, Any]:
+        """Run `inputs` inputs; the counts by kind and outcome, and the durations. `progress`:
+        a line on stderr every that many inputs."""
         started = time.perf_counter()
         by_kind: Counter[str] = Counter()
         for index in range(inputs):
+            if progress and index and index % progress == 0:
+                seconds = time.perf_counter() - started
+                print(f"{index} inputs, {seconds:.0f} s", file=sys.stderr, flush=True)
             kind, rec = self.make(index)
             if watchdog is not None:  # a hang ends the run with every thread's traceback
                 faulthandler.dump_traceback_later(watchdog, exit=True)
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     h = Hostile(args.seed, scale=args.scale)
     try:
-        report = h.run(args.inputs, watchdog=args.watchdog)
+        report = h.run(args.inputs, watchdog=args.watchdog, progress=100_000)
     except HostileFailure as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
