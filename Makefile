@@ -12,7 +12,7 @@ MYPY := $(VENV)/bin/mypy
 INSTALLED := $(VENV)/.installed
 KAFKA := $(PY) tools/kafka/local_kafka.py
 
-.PHONY: setup test lint kafka-up kafka-down run demo bench clean
+.PHONY: setup test lint kafka-up kafka-down run demo bench drills clean
 
 setup: $(INSTALLED)
 	$(KAFKA) fetch >/dev/null
@@ -61,6 +61,14 @@ bench: setup
 	  [ "$$(cat bench/out/$$b.rc)" = 0 ] || failed="$$failed $$b"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "benchmarks failed:$$failed"; exit 1; fi
+
+# Long drills, one after the other; fails at the first that fails. Hostile input: 1,000,000
+# seeded inputs through the planner's whole step (tests/fuzz/hostile.py; counts and durations in
+# docs/RELIABILITY.md). DRILL_INPUTS and DRILL_SEED change the run.
+DRILL_INPUTS ?= 1000000
+DRILL_SEED ?= 1
+drills: setup
+	PYTHONPATH=src:. $(PY) -u -m tests.fuzz.hostile --inputs $(DRILL_INPUTS) --seed $(DRILL_SEED)
 
 clean: kafka-down
 	rm -rf var/ bench/out/ .pytest_cache/ .mypy_cache/ .ruff_cache/ .hypothesis/ build/ dist/

@@ -9,7 +9,12 @@ index, small number and string length under 64 bytes) are looked up in tables in
 decoded arithmetically, multi-byte ones go through one helper; records are built inline (no
 call per record). A string length that runs past the end of the data is not checked per
 string: the position only moves forward, so the read fails at the next value, or the final
-position is past the end (`read` checks)."""
+position is past the end (`read` checks).
+
+On valid Avro the reader gives what fastavro gives. Where fastavro is lenient it refuses: a long
+varint of more than 10 bytes or over 64 bits, an int varint of more than 5 bytes or outside 32
+bits (fastavro wraps both around), a boolean byte other than 0 or 1, a negative enum index
+(fastavro counts it from the end). `tests/unit/test_avro_differential.py` holds it to that."""
 
 from __future__ import annotations
 
@@ -46,6 +51,14 @@ def _long(data, pos):
     n = b & 0x7F
     shift = 7
     while b & 0x80:
+        if shift == 63:
+            # The 10th byte holds bit 63 only: anything more is not an int64.
+            b = data[pos]
+            pos += 1
+            if b > 1:
+                raise OutOfRange('long varint longer than 10 bytes or over 64 bits')
+            n |= b << 63
+            break
         b = data[pos]
         pos += 1
         n |= (b & 0x7F) << shift
@@ -53,12 +66,31 @@ def _long(data, pos):
     return (n >> 1) ^ -(n & 1), pos
 
 
+def _int(data, pos):
+    start = pos
+    n, pos = _long(data, pos)
+    if pos - start > 5 or not -0x80000000 <= n <= 0x7FFFFFFF:
+        raise OutOfRange('int varint longer than 5 bytes or outside 32 bits')
+    return n, pos
+
+
 def _length(data, pos):
     n, pos = _long(data, pos)
     if n < 0:
         raise EOFError('negative length')
     return n, pos
+
 """
+
+
+class OutOfRange(ValueError):
+    """A number an Avro long (64 bits) or int (32 bits) cannot hold. Read: a varint of more
+    than 10 (int: 5) bytes or over the type's bits, which fastavro wraps around silently.
+    Written (`avro_writer`): the message names the field."""
+
+
+class InvalidBoolean(ValueError):
+    """A boolean byte other than 0 or 1 (fastavro reads any non-zero byte as true)."""
 
 
 class _Compiler:
@@ -76,6 +108,8 @@ class _Compiler:
             "_LEN": _LENGTH,
             "_new": object.__new__,
             "_set": object.__setattr__,
+            "OutOfRange": OutOfRange,
+            "InvalidBoolean": InvalidBoolean,
         }
         self.functions: list[str] = []
         self.records: dict[str, str] = {}  # full name -> function name
@@ -100,21 +134,23 @@ class _Compiler:
         ns = schema.get("namespace", namespace)
         return f"{ns}.{name}" if ns else name
 
-    def long(self, out: str, ind: str) -> list[str]:
+    def long(self, out: str, ind: str, helper: str = "_long") -> list[str]:
         return [
             f"{ind}b = data[pos]",
             f"{ind}if b < 128:",
             f"{ind}    {out} = _ZZ[b]",
             f"{ind}    pos += 1",
             f"{ind}else:",
-            f"{ind}    {out}, pos = _long(data, pos)",
+            f"{ind}    {out}, pos = {helper}(data, pos)",
         ]
 
     def value(self, schema: Any, out: str, ind: str, namespace: str) -> list[str]:
         """Lines that read one value of `schema` into the local `out`."""
         if isinstance(schema, str):
-            if schema in ("long", "int"):
+            if schema == "long":
                 return self.long(out, ind)
+            if schema == "int":
+                return self.long(out, ind, "_int")
             if schema == "string":
                 n = self.tmp()
                 return [
@@ -128,7 +164,13 @@ class _Compiler:
                     f"{ind}pos = end",
                 ]
             if schema == "boolean":
-                return [f"{ind}{out} = data[pos] == 1", f"{ind}pos += 1"]
+                return [
+                    f"{ind}b = data[pos]",
+                    f"{ind}if b > 1:",
+                    f"{ind}    raise InvalidBoolean('boolean byte is neither 0 nor 1')",
+                    f"{ind}{out} = b == 1",
+                    f"{ind}pos += 1",
+                ]
             if schema == "null":
                 return [f"{ind}{out} = None"]
             full = schema if "." in schema else f"{namespace}.{schema}" if namespace else schema
@@ -243,8 +285,8 @@ def compile_reader(
     the field dict, or an `Instance` (built inline, no call); default: the dict itself.
     `enums` maps an enum's full name to the values standing for its symbols (default: the
     symbol strings); arrays become `sequence(list)`. The reader raises EOFError, IndexError,
-    KeyError or UnicodeDecodeError on bytes that do not decode; the caller checks for trailing
-    bytes."""
+    KeyError or ValueError (UnicodeDecodeError, `OutOfRange`, `InvalidBoolean`) on bytes that
+    do not decode; the caller checks for trailing bytes."""
     c = _Compiler(builders or {}, enums or {}, sequence)
     top = c.record(schema, str(schema.get("namespace", "")))
     source = _PRELUDE + "\n\n" + "\n\n\n".join(c.functions) + "\n"
@@ -261,4 +303,4 @@ def compile_reader(
     return read
 
 
-__all__ = ["Builder", "Instance", "Reader", "compile_reader"]
+__all__ = ["Builder", "Instance", "InvalidBoolean", "OutOfRange", "Reader", "compile_reader"]

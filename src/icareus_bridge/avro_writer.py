@@ -3,13 +3,17 @@ request, rejection result and state record it produces, so each current schema g
 straight-line Python that writes the binary body from the record dict (as `model_dump` gives
 it) or from the pydantic model itself (its `__dict__`, which skips `model_dump`). fastavro
 remains the reference (tests compare both byte for byte) and the fallback for a schema shape
-this compiler does not handle (`UnsupportedSchema`)."""
+this compiler does not handle (`UnsupportedSchema`). A long or int out of its type's range
+raises `OutOfRange` naming the field, where fastavro would refuse it or write what no strict
+reader reads back."""
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from icareus_bridge.avro_reader import OutOfRange
 
 Writer = Callable[[Any], bytes]
 
@@ -20,7 +24,21 @@ class UnsupportedSchema(Exception):
     """A schema construct the compiler leaves to fastavro."""
 
 
+LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
+INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def _out_of_range(field: str, kind: str, value: Any) -> OutOfRange:
+    # A long outside 64 bits (fastavro refuses it too) or an int outside 32 bits (fastavro
+    # writes it; no strict reader reads it back). A value that is no number: TypeError.
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:40] + "..."
+    return OutOfRange(f"{field}: {text} is not an Avro {kind}")
+
+
 def _long(buf: bytearray, n: int) -> None:
+    # Only for lengths and enum indexes, which are never out of range.
     n = (n << 1) ^ (n >> 63)
     while n > 0x7F:
         buf.append((n & 0x7F) | 0x80)
@@ -42,6 +60,7 @@ class _Compiler:
     def __init__(self) -> None:
         self.env: dict[str, Any] = {
             "_long": _long,
+            "_range": _out_of_range,
             "_string": _string,
             "_pack_f": struct.Struct("<f").pack,
             "_pack_d": struct.Struct("<d").pack,
@@ -50,6 +69,7 @@ class _Compiler:
         self.named: dict[str, Any] = {}  # full name -> schema
         self.compiled: dict[str, str] = {}  # full name -> function name
         self.counter = 0
+        self.path = ""  # the field being compiled, for error messages
 
     def tmp(self) -> str:
         self.counter += 1
@@ -119,7 +139,7 @@ class _Compiler:
         if schema == "boolean":
             return [f"{ind}buf.append(1 if {expr} else 0)"]
         if schema in ("int", "long"):
-            return self.long(expr, ind)
+            return self.long(expr, ind, schema)
         if schema == "string":
             b = self.tmp()
             return [
@@ -138,14 +158,23 @@ class _Compiler:
             return [f"{ind}buf += _pack_d({expr})"]
         raise UnsupportedSchema(f"type {schema!r}")
 
-    def long(self, expr: str, ind: str) -> list[str]:
-        """Zig-zag varint, inline: one byte for 0..63 (most numbers), else the loop."""
+    def long(self, expr: str, ind: str, kind: str | None = None) -> list[str]:
+        """Zig-zag varint, inline: one byte for 0..63 (most numbers), else the loop. With
+        `kind` ("int" or "long") the value is a field's: checked to be an integer in range."""
         n = self.tmp()
+        check = []
+        if kind is not None:
+            low, high = (INT_MIN, INT_MAX) if kind == "int" else (LONG_MIN, LONG_MAX)
+            check = [
+                f"{ind}    if not {low} <= {n} <= {high}:",
+                f"{ind}        raise _range({self.path!r}, {kind!r}, {n})",
+            ]
         return [
             f"{ind}{n} = {expr}",
             f"{ind}if 0 <= {n} < 64:",
             f"{ind}    buf.append({n} << 1)",
             f"{ind}else:",
+            *check,
             f"{ind}    {n} = ({n} << 1) ^ ({n} >> 63)",
             f"{ind}    while {n} > 0x7F:",
             f"{ind}        buf.append(({n} & 0x7F) | 0x80)",
@@ -195,6 +224,7 @@ class _Compiler:
                 expr = f"rec[{fname!r}]"
             v = self.tmp()
             lines.append(f"    {v} = {expr}")
+            self.path = f"{schema['name']}.{fname}"
             lines += self.emit(f["type"], v, "    ", own_ns)
         if len(lines) == 3:
             lines.append("    pass")

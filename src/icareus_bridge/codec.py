@@ -24,7 +24,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
-from icareus_bridge.avro_reader import Instance, Reader, compile_reader
+from icareus_bridge.avro_reader import Instance, OutOfRange, Reader, compile_reader
 from icareus_bridge.avro_writer import UnsupportedSchema, Writer, compile_writer
 from icareus_bridge.core.model import (
     AccountState,
@@ -89,6 +89,15 @@ class DecodeError(Exception):
     @property
     def stage(self) -> str:
         return "validate" if self.reason is DecodeReason.INVALID else "decode"
+
+
+class EncodeError(ValueError):
+    """A record the current schema cannot hold (a long outside 64 bits, an int outside 32, a
+    missing field, a value of the wrong type); the message names the record and the field."""
+
+    def __init__(self, record: str, message: str) -> None:
+        super().__init__(f"{record}: {message}")
+        self.record = record
 
 
 class SchemaRegistryError(Exception):
@@ -258,6 +267,12 @@ class Codec:
             with contextlib.suppress(UnsupportedSchema):
                 self._writers[name] = compile_writer(json.loads(v.source))
         self._event_reader = _event_models_reader(self.schemas.current[EVENT])
+        # Compiled readers (plain dicts, fastavro's shape) for bodies written with a current
+        # schema: stricter than fastavro on numbers out of range (see avro_reader).
+        self._readers: dict[str, Reader] = {}
+        for name, v in self.schemas.current.items():
+            with contextlib.suppress(ValueError):
+                self._readers[name] = compile_reader(json.loads(v.source), sequence=list)
         self._registry_ids: dict[str, int] = {}
         self._registry_writers: dict[int, tuple[str, Any]] = {}
 
@@ -296,12 +311,15 @@ class Codec:
         else:
             header = self._headers[record]
         writer = self._writers.get(record)
-        if writer is not None:
-            return header + writer(obj)
-        buf = io.BytesIO()
-        buf.write(header)
-        fastavro.schemaless_writer(buf, schema.parsed, obj)
-        return buf.getvalue()
+        try:
+            if writer is not None:
+                return header + writer(obj)
+            buf = io.BytesIO()
+            buf.write(header)
+            fastavro.schemaless_writer(buf, schema.parsed, obj)
+            return buf.getvalue()
+        except (OutOfRange, OverflowError, TypeError, KeyError, AttributeError) as exc:
+            raise EncodeError(record, _encode_failure(exc)) from exc
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         """(short record name, record as a dict in the current schema's shape), or DecodeError."""
@@ -323,6 +341,21 @@ class Codec:
 
     def _read(self, data: bytes, offset: int, name: str, writer: Any) -> dict[str, Any]:
         current = self.schemas.current[name]
+        compiled = self._readers.get(name)
+        if compiled is not None and writer is current.parsed:
+            try:
+                value, end = compiled(data, offset)
+            except (EOFError, IndexError, KeyError, ValueError) as exc:
+                raise DecodeError(
+                    DecodeReason.MALFORMED, f"{name}: body does not decode: {exc!r}"
+                ) from exc
+            if end != len(data):
+                raise DecodeError(
+                    DecodeReason.MALFORMED,
+                    f"{name}: {len(data) - end} trailing bytes after the record",
+                )
+            result: dict[str, Any] = value
+            return result
         reader = None if writer is current.parsed else current.parsed
         fo = io.BytesIO(data)
         fo.seek(offset)
@@ -428,7 +461,10 @@ class Codec:
         writer = self._writers.get(record)
         if writer is None or self.registry is not None:
             return self.encode(record, model.model_dump())
-        return self._headers[record] + writer(model)
+        try:
+            return self._headers[record] + writer(model)
+        except (OutOfRange, TypeError, KeyError, AttributeError) as exc:
+            raise EncodeError(record, _encode_failure(exc)) from exc
 
     def encode_request(self, request: ProvisioningRequest) -> bytes:
         return self._encode_model(REQUEST, request)
@@ -452,6 +488,42 @@ class Codec:
         if data is None:
             return None
         return state_from_avro(self._decode_as(data, STATE))
+
+
+def _encode_failure(exc: BaseException) -> str:
+    # OutOfRange names the field itself; the others get their class for context.
+    if isinstance(exc, OutOfRange):
+        return str(exc)
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def record_identity(data: bytes | None) -> tuple[str, str, str] | None:
+    """(record name, first field's name, its value) of single-object Avro bytes whose schema
+    starts with a string field (`request_id`, `event_id`, `subscription_id`), else None. Reads
+    only that field: for naming a record too large or too broken to handle whole."""
+    if data is None or data[:2] != SINGLE_OBJECT_MAGIC:
+        return None
+    head = _first_field_reader(data[2:_SINGLE_OBJECT_HEADER])
+    if head is None:
+        return None
+    name, field_name, reader = head
+    try:
+        value, _ = reader(data, _SINGLE_OBJECT_HEADER)
+    except (EOFError, IndexError, KeyError, ValueError):
+        return None
+    return name, field_name, str(value[field_name])
+
+
+@cache
+def _first_field_reader(fp: bytes) -> tuple[str, str, Reader] | None:
+    version = default_codec().schemas.by_fingerprint.get(fp)
+    if version is None:
+        return None
+    fields = json.loads(version.source).get("fields") or []
+    if not fields or fields[0].get("type") != "string":
+        return None
+    reader = compile_reader({"type": "record", "name": "Head", "fields": [fields[0]]})
+    return version.name, str(fields[0]["name"]), reader
 
 
 @cache
@@ -583,10 +655,12 @@ __all__ = [
     "Codec",
     "DecodeError",
     "DecodeReason",
+    "EncodeError",
     "SchemaRegistryError",
     "SchemaSet",
     "SchemaVersion",
     "default_codec",
+    "record_identity",
     "validate_event",
     "validate_event_json",
 ]

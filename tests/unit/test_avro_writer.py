@@ -99,7 +99,7 @@ def _samples() -> dict[str, list[dict[str, Any]]]:
             life_cycle_state=LifeCycleState.COMPLETED,
             reference_number="u-1",
             request_payload='{"a":1}',
-            attempts=2**40,
+            attempts=2**31 - 1,  # the largest Avro int
             executed_at=None,
         ).model_dump()
     )

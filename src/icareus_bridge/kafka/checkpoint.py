@@ -3,19 +3,46 @@
 A `Checkpoint` collects what a stage produced while it processed a batch of input records —
 output records (requests, results, dead letters), changelog writes (last value per key) and
 the offsets it has processed — and `commit()` makes all of it visible at once, or none of it.
-The stage starts a new `Checkpoint` after every commit or abort.
+The stage starts a new `Checkpoint` after every commit or abort, with `checkpoint.producer`
+(which `commit()` may have replaced, see "Refused records").
+
+Refused records. The broker may refuse a record for good (over the topic's `max.message.bytes`,
+invalid for the topic). The transaction can then only be aborted, and librdkafka (2.16) keeps
+the partition's producer sequence numbers where they were: the next transaction writing to that
+partition fails with OUT_OF_ORDER_SEQUENCE_NUMBER ("requires epoch bump"), and only its abort
+bumps the epoch. So after such a refusal `commit()` replaces the producer (a new one with the
+same transactional id: `init_transactions` fences the old one and starts with a new epoch and
+fresh sequences, KIP-360) and, given a `DeadLetterRoute`, runs the batch again with each refused
+record replaced by a dead letter naming it (reason RECORD_TOO_LARGE or RECORD_INVALID); a dead
+letter refused in turn is sent truncated (no value, key cut to 1 KiB), still naming the record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from icareus_bridge.pipeline.dead_letter import refused_dead_letter
+
 Header = tuple[str, bytes]
+
+# Produce errors by which the broker (or the client, before sending) refuses a record for good:
+# sending it again cannot succeed. -> the dead letter's reason.
+REFUSALS: dict[int, str] = {
+    KafkaError.MSG_SIZE_TOO_LARGE: "RECORD_TOO_LARGE",
+    KafkaError.RECORD_LIST_TOO_LARGE: "RECORD_TOO_LARGE",
+    KafkaError.INVALID_MSG_SIZE: "RECORD_TOO_LARGE",
+    KafkaError.INVALID_RECORD: "RECORD_INVALID",
+    KafkaError.INVALID_MSG: "RECORD_INVALID",
+}
+_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+MAX_RECOVERY_ATTEMPTS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +67,38 @@ class StateWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterRoute:
+    """Where a stage's refused records go: the dead-letter topic, the stage (`dlq.stage`) and
+    the consumer group (`dlq.consumer.group`) the dead letters name."""
+
+    topic: str
+    stage: str
+    group: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A record the broker refused: its topic and partition, the dead letter's reason and the
+    client's error text."""
+
+    topic: str
+    partition: int
+    reason: str
+    error: str
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class CommitStats:
     input_records: int
     produced: int
     state_writes: int
     seconds: float
+    refused: tuple[Refusal, ...] = ()
+
+    @property
+    def dead_lettered(self) -> int:
+        return len(self.refused)
 
 
 class TransactionAborted(Exception):
@@ -72,6 +126,11 @@ class Checkpoint:
     producer: Producer
     consumer: Consumer
     changelog_topic: str
+    # Refused records become dead letters here (None: the batch is aborted, as for any
+    # abortable error, after the producer is replaced).
+    dead_letters: DeadLetterRoute | None = None
+    # Builds the replacement producer (same transactional id) after a refusal.
+    new_producer: Callable[[], Producer] | None = None
     # Encodes a state object for the changelog; called once per key at commit, so a key
     # written many times in one batch is encoded once. None: objects are already bytes.
     encode_state: Callable[[Any], bytes | None] | None = None
@@ -79,6 +138,7 @@ class Checkpoint:
     max_seconds: float = 0.1
     commit_timeout: float = 30.0
     clock: Callable[[], float] = time.monotonic
+    wall_clock_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
     _started_at: float | None = field(default=None, init=False)
     _in_transaction: bool = field(default=False, init=False)
     _next_offsets: dict[tuple[str, int], int] = field(default_factory=dict, init=False)
@@ -87,6 +147,13 @@ class Checkpoint:
     _state: dict[tuple[int, bytes], StateWrite] = field(default_factory=dict, init=False)
     _records: int = field(default=0, init=False)
     _produced: int = field(default=0, init=False)
+    # Every record produced in this transaction, in order (to run the batch again after a
+    # refusal); `_marks`: (records produced so far, input) at each `mark_processed`, so a
+    # refused record names the input that caused it; `_refused`: by index in `_outputs`.
+    _outputs: list[OutboundRecord] = field(default_factory=list, init=False)
+    _marks: list[tuple[int, tuple[str, int, int]]] = field(default_factory=list, init=False)
+    _refused: dict[int, Refusal] = field(default_factory=dict, init=False)
+    _failed: KafkaException | None = field(default=None, init=False)
 
     # --- collecting ---------------------------------------------------------------------
 
@@ -96,24 +163,108 @@ class Checkpoint:
             self._in_transaction = True
 
     def produce(self, record: OutboundRecord) -> None:
-        """Produce inside this checkpoint's transaction (begun on the first record)."""
+        """Produce inside this checkpoint's transaction (begun on the first record). A record
+        the client itself refuses (over its `message.max.bytes`) becomes a dead letter at once
+        when there is a route; without one the KafkaException is raised."""
         if not self._in_transaction:
             self._begin()
+        index = len(self._outputs)
+        self._outputs.append(record)
+        self._produced += 1
+        if self._failed is not None:
+            return  # the transaction already failed; kept for the run after recovery
+        try:
+            self._send_output(index)
+        except KafkaException as exc:
+            err = _kafka_error(exc)
+            if err is None or err.code() != KafkaError._STATE or self.new_producer is None:
+                raise
+            # An earlier record of this transaction was refused in flight: the transaction
+            # can only be aborted now. commit() finds out which one (see the module doc).
+            self._failed = exc
+
+    def _send_output(self, index: int, on_delivery: Callable[..., None] | None = None) -> None:
+        """Send output `index`, or its dead letter when it is known to be refused."""
+        while True:
+            refusal = self._refused.get(index)
+            out = self._outputs[index] if refusal is None else self._dead_letter(index, refusal)
+            try:
+                self._send(out, on_delivery)
+                return
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                if err is None or err.code() not in REFUSALS or self.dead_letters is None:
+                    raise
+                if refusal is not None and refusal.truncated:
+                    raise  # even the truncated dead letter is too large for the client
+                self._refuse(index, err, self._outputs[index])
+
+    def _send(self, record: OutboundRecord, on_delivery: Callable[..., None] | None) -> None:
         partition = -1 if record.partition is None else record.partition  # -1: partitioner
+        extra: dict[str, Any] = {} if on_delivery is None else {"on_delivery": on_delivery}
         while True:
             try:
                 if record.headers:
                     headers: list[tuple[str, str | bytes | None]] = list(record.headers)
                     self.producer.produce(
-                        record.topic, record.value, record.key, partition=partition, headers=headers
+                        record.topic,
+                        record.value,
+                        record.key,
+                        partition=partition,
+                        headers=headers,
+                        **extra,
                     )
                 else:
-                    self.producer.produce(record.topic, record.value, record.key, partition)
-                break
+                    self.producer.produce(
+                        record.topic, record.value, record.key, partition, **extra
+                    )
+                return
             except BufferError:
                 # Local queue full: let librdkafka send, then try again.
                 self.producer.poll(0.05)
-        self._produced += 1
+
+    def _refuse(self, index: int, err: KafkaError, record: OutboundRecord) -> None:
+        """Output `index` was refused with `err`: next time send its dead letter, or, if that
+        was refused too (or the output is a dead letter itself), the truncated dead letter."""
+        before = self._refused.get(index)
+        route = self.dead_letters
+        is_dead_letter = route is not None and record.topic == route.topic
+        partition = -1 if record.partition is None else record.partition
+        self._refused[index] = Refusal(
+            topic=record.topic,
+            partition=partition,
+            reason=before.reason if before is not None else REFUSALS.get(err.code(), "REFUSED"),
+            error=before.error if before is not None else f"{err.name()}: {err.str()}",
+            truncated=before is not None or is_dead_letter,
+        )
+
+    def _source(self, index: int) -> tuple[str, int, int] | None:
+        # The input marked next after output `index` was produced is the one that caused it.
+        for produced, source in self._marks:
+            if produced > index:
+                return source
+        return None
+
+    def _dead_letter(self, index: int, refusal: Refusal) -> OutboundRecord:
+        route = self.dead_letters
+        assert route is not None
+        record = self._outputs[index]
+        key, value, headers = refused_dead_letter(
+            topic=record.topic,
+            partition=refusal.partition,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+            reason=refusal.reason,
+            error=refusal.error,
+            source=self._source(index),
+            stage=route.stage,
+            group=route.group,
+            now_ms=self.wall_clock_ms(),
+            truncated=refusal.truncated,
+            is_dead_letter=record.topic == route.topic,
+        )
+        return OutboundRecord(route.topic, key, value, headers=headers)
 
     def put_state(self, partition: int, key: bytes, obj: Any) -> None:
         """Record a changelog write (obj None = tombstone); only the last write per key is
@@ -134,6 +285,8 @@ class Checkpoint:
         if tp not in self._first_offsets:
             self._first_offsets[tp] = offset
         self._next_offsets[tp] = offset + 1
+        if self._outputs and (not self._marks or self._marks[-1][0] < len(self._outputs)):
+            self._marks.append((len(self._outputs), (topic, partition, offset)))
         self._records += 1
         if self._started_at is None:
             self._started_at = self.clock()
@@ -201,28 +354,107 @@ class Checkpoint:
                 self.produce(
                     OutboundRecord(self.changelog_topic, key, write.value, partition=partition)
                 )
-            if self._next_offsets:  # 3
-                offsets = [
-                    TopicPartition(t, p, o, self._offset_metadata[(t, p)])
-                    if (t, p) in self._offset_metadata
-                    else TopicPartition(t, p, o)
-                    for (t, p), o in self._next_offsets.items()
-                ]
-                self.producer.send_offsets_to_transaction(
-                    offsets, self.consumer.consumer_group_metadata(), self.commit_timeout
-                )
+            if self._failed is not None:
+                raise self._failed
+            self._send_offsets()  # 3
             self._commit_transaction()  # 4
             self.producer.poll(0)  # serve the producer's queued events (client logs, errors)
         except KafkaException as exc:
-            self._fail(exc)
+            if not self._refused_by_broker(exc):
+                self._fail(exc)
+            self._recover(exc)
         stats = CommitStats(
             input_records=self._records,
             produced=self._produced,
             state_writes=len(self._state),
             seconds=time.monotonic() - started,
+            refused=tuple(self._refused[i] for i in sorted(self._refused)),
         )
         self._in_transaction = False
         return stats
+
+    def _send_offsets(self) -> None:
+        if self._next_offsets:
+            offsets = [
+                TopicPartition(t, p, o, self._offset_metadata[(t, p)])
+                if (t, p) in self._offset_metadata
+                else TopicPartition(t, p, o)
+                for (t, p), o in self._next_offsets.items()
+            ]
+            self.producer.send_offsets_to_transaction(
+                offsets, self.consumer.consumer_group_metadata(), self.commit_timeout
+            )
+
+    def _refused_by_broker(self, exc: KafkaException) -> bool:
+        err = _kafka_error(exc)
+        # _STATE: produce() was refused because the transaction had already failed in flight.
+        return (
+            err is not None
+            and (err.code() in REFUSALS or err.code() == KafkaError._STATE)
+            and not err.fatal()
+            and self.new_producer is not None
+        )
+
+    def _replace_producer(self) -> None:
+        """Abort what is open and take a new producer with the same transactional id (see the
+        module doc): the old one's sequence numbers of the refused partition are unusable."""
+        assert self.new_producer is not None
+        if self._in_transaction:
+            # Replaced below anyway; its init_transactions aborts whatever is left open.
+            with contextlib.suppress(KafkaException):
+                self.producer.abort_transaction(self.commit_timeout)
+            self._in_transaction = False
+        try:
+            self.producer = self.new_producer()
+        except KafkaException as exc:
+            self.rewind()
+            raise TransactionFatal(f"no new producer after a refused record: {exc}") from exc
+
+    def _recover(self, first: KafkaException) -> None:
+        """After a refusal: new producer, then the batch again record by record (each flushed
+        on its own, so a refused one is known by its delivery report), each refused record
+        replaced by its dead letter, until the transaction commits. Without a dead-letter
+        route: new producer, then abort as for any abortable error."""
+        if self.dead_letters is None:
+            self._replace_producer()
+            self.rewind()
+            raise TransactionAborted(f"transaction aborted: {_kafka_error(first)}") from first
+        exc: KafkaException = first
+        for _attempt in range(MAX_RECOVERY_ATTEMPTS):
+            self._replace_producer()
+            try:
+                if self._careful_attempt():
+                    return
+            except KafkaException as again:
+                exc = again
+                if not self._refused_by_broker(again):
+                    self._fail(again)
+        self._fail(exc)
+
+    def _careful_attempt(self) -> bool:
+        """One run of the whole batch; False when a record was refused (noted in `_refused`:
+        the next run sends its dead letter instead)."""
+        refused: list[tuple[int, KafkaError]] = []
+
+        def delivered(index: int, err: KafkaError | None, _msg: Any) -> None:
+            if err is not None and err.code() not in _PURGED:
+                refused.append((index, err))
+
+        self._begin()
+        for index in range(len(self._outputs)):
+            self._send_output(index, partial(delivered, index))
+            self.producer.flush(self.commit_timeout)
+            if refused:
+                index, err = refused[0]
+                before = self._refused.get(index)
+                if err.code() not in REFUSALS or (before is not None and before.truncated):
+                    self._fail(KafkaException(err))  # not a refusal, or nothing smaller to send
+                self._refuse(index, err, self._outputs[index])
+                return False
+        self._send_offsets()
+        self._commit_transaction()
+        self.producer.poll(0)
+        return True
 
     def _commit_transaction(self) -> None:
         attempts = 0

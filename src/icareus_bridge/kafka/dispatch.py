@@ -19,7 +19,7 @@ from confluent_kafka import (
 )
 
 from icareus_bridge.config import KafkaSettings
-from icareus_bridge.kafka.checkpoint import Checkpoint, OutboundRecord
+from icareus_bridge.kafka.checkpoint import Checkpoint, CommitStats, DeadLetterRoute, OutboundRecord
 from icareus_bridge.kafka.clients import consumer as group_consumer
 from icareus_bridge.kafka.clients import foreign_topics, is_fatal, transactional_producer
 
@@ -185,23 +185,45 @@ class RequestsConsumer:
 class DispatchTransactions:
     """The dispatcher's transactional producer. `commit(records, offsets)` produces `records`
     and commits `offsets` ({partition: (next offset, metadata)}) in one transaction, through the
-    shared `Checkpoint`; its exceptions (`TransactionAborted`, `TransactionFatal`) pass through."""
+    shared `Checkpoint`; its exceptions (`TransactionAborted`, `TransactionFatal`) pass through.
+    A record the broker refuses goes to `dead_letters` (when given) and the producer is
+    replaced (see `Checkpoint`, "Refused records")."""
 
     def __init__(
-        self, kafka: KafkaSettings, transactional_id: str, consumer: RequestsConsumer
+        self,
+        kafka: KafkaSettings,
+        transactional_id: str,
+        consumer: RequestsConsumer,
+        *,
+        dead_letters: DeadLetterRoute | None = None,
     ) -> None:
         self._consumer = consumer
-        self.producer: Producer = transactional_producer(kafka, transactional_id)
+        self._kafka = kafka
+        self._transactional_id = transactional_id
+        self._dead_letters = dead_letters
+        self.producer: Producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        return transactional_producer(self._kafka, self._transactional_id)
 
     def commit(
         self, records: Sequence[OutboundRecord], offsets: dict[int, tuple[int, str]]
-    ) -> None:
-        checkpoint = Checkpoint(self.producer, self._consumer.raw, changelog_topic="")
-        for record in records:
-            checkpoint.produce(record)
-        for partition, (offset, metadata) in offsets.items():
-            checkpoint.commit_offset(self._consumer.topic, partition, offset, metadata)
-        checkpoint.commit()
+    ) -> CommitStats:
+        checkpoint = Checkpoint(
+            self.producer,
+            self._consumer.raw,
+            changelog_topic="",
+            dead_letters=self._dead_letters,
+            new_producer=self._new_producer,
+        )
+        try:
+            for record in records:
+                checkpoint.produce(record)
+            for partition, (offset, metadata) in offsets.items():
+                checkpoint.commit_offset(self._consumer.topic, partition, offset, metadata)
+            return checkpoint.commit()
+        finally:
+            self.producer = checkpoint.producer  # replaced after a refused record
 
     def close(self, timeout: float = 10.0) -> None:
         self.producer.flush(timeout)

@@ -4,6 +4,11 @@ The original key and value bytes travel untouched; everything about the failure 
 headers (ARCHITECTURE.md, "Delivery"). Used by the planner (stages decode, validate, plan) and
 the dispatcher (stage dispatch); `replay` reads the headers back with `parse_dead_letter_headers`.
 Times are ISO-8601 UTC with milliseconds; numbers are decimal text; all values are UTF-8.
+
+A record the broker refused (too large, invalid) becomes a dead letter too
+(`refused_dead_letter`), with `dlq.refused.*` headers; when even that is refused, a truncated one:
+no value, the key cut to 1 KiB, still naming the record (`dlq.record.schema` and its id, e.g.
+`dlq.request.id`) and where it came from.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ HTTP_STATUS = "dlq.http.status"
 RESPONSE_EXCERPT = "dlq.response.excerpt"
 REPLAY_COUNT = "dlq.replay.count"
 PARKED_BEHIND = "dlq.parked.behind"
+REFUSED_TOPIC = "dlq.refused.topic"  # where the refused record was to be written
+REFUSED_PARTITION = "dlq.refused.partition"
+RECORD_BYTES = "dlq.record.bytes"  # size of the refused record's value
+RECORD_SCHEMA = "dlq.record.schema"  # e.g. ProvisioningRequest
+TRUNCATED = "dlq.truncated"  # what was cut: "value" or "value,key"
 
 MAX_TEXT_BYTES = 1024
 
@@ -121,6 +131,64 @@ def dead_letter_headers(
     if parked_behind is not None:
         headers.append((PARKED_BEHIND, parked_behind.encode()))
     return headers
+
+
+def refused_dead_letter(
+    *,
+    topic: str,
+    partition: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[Header] | None,
+    reason: str,
+    error: str,
+    source: tuple[str, int, int] | None,
+    stage: str,
+    group: str,
+    now_ms: int,
+    truncated: bool,
+    is_dead_letter: bool,
+) -> tuple[bytes | None, bytes | None, list[Header]]:
+    """(key, value, headers) of the dead letter for a record the broker refused.
+
+    `source` is the input record that caused it (topic, partition, offset), when known; else
+    the dead letter names the refused record's own topic and partition (offset -1). A refused
+    dead letter (`is_dead_letter`) keeps its own `dlq.*` headers and is always truncated.
+    `truncated`: no value, the key cut to 1 KiB; the record is named by the id found in its
+    value (`dlq.request.id`, `dlq.event.id`, ...) and its schema."""
+    from icareus_bridge.codec import record_identity
+
+    size = len(value) if value is not None else 0
+    if is_dead_letter:
+        out = [(n, v) for n, v in headers or () if n not in (TRUNCATED, RECORD_BYTES)]
+        truncated = True
+    else:
+        origin = Origin(*source) if source is not None else Origin(topic, partition, -1)
+        out = dead_letter_headers(
+            stage,  # type: ignore[arg-type]  # the stage that produced the refused record
+            reason,
+            error,
+            origin,
+            group,
+            now_ms=now_ms,
+        )
+        out += [(REFUSED_TOPIC, topic.encode()), (REFUSED_PARTITION, str(partition).encode())]
+    out.append((RECORD_BYTES, str(size).encode()))
+    identity = record_identity(value)
+    if identity is not None:
+        schema, field, ident = identity
+        out += [
+            (RECORD_SCHEMA, schema.encode()),
+            (f"dlq.{field.replace('_', '.')}", _truncate(ident)),
+        ]
+    if not truncated:
+        return key, value, out
+    cut = ["value"]
+    if key is not None and len(key) > MAX_TEXT_BYTES:
+        key = key[:MAX_TEXT_BYTES]
+        cut.append("key")
+    out.append((TRUNCATED, ",".join(cut).encode()))
+    return key, None, out
 
 
 def replay_count_of(headers: Sequence[tuple[str, bytes | str | None]] | None) -> int:

@@ -17,7 +17,7 @@ import concurrent.futures
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from icareus_bridge.codec import Codec, DecodeError, DecodeReason
 from icareus_bridge.config import Settings
@@ -42,7 +42,12 @@ from icareus_bridge.icareus.errors import (
 )
 from icareus_bridge.kafka.admin import OwnershipWatch
 from icareus_bridge.kafka.changelog import read_to_end
-from icareus_bridge.kafka.checkpoint import OutboundRecord, TransactionAborted, TransactionFatal
+from icareus_bridge.kafka.checkpoint import (
+    DeadLetterRoute,
+    OutboundRecord,
+    TransactionAborted,
+    TransactionFatal,
+)
 from icareus_bridge.kafka.clients import FatalClientError, transactional_id
 from icareus_bridge.kafka.dispatch import (
     ConsumedRecord,
@@ -191,7 +196,7 @@ class Dispatcher:
         self._generation = 0
         self._pending: dict[int, list[OutboundRecord]] = {}  # per partition, for the next commit
         self._commit_task: asyncio.Task[None] | None = None
-        self._commit_future: concurrent.futures.Future[None] | None = None
+        self._commit_future: concurrent.futures.Future[Any] | None = None
         self._last_commit: dict[int, tuple[int, str]] = {}
         self._paused = False
         self._failure: BaseException | None = None
@@ -313,7 +318,12 @@ class Dispatcher:
             on_refused=self._on_refused,
         )
         self._consumer = consumer
-        self._tx = DispatchTransactions(kafka, tid, consumer)
+        self._tx = DispatchTransactions(
+            kafka,
+            tid,
+            consumer,
+            dead_letters=DeadLetterRoute(self.topics.dlq, "dispatch", self.group),
+        )
         self.log.info("dispatcher started", requests=self.topics.requests, group=self.group)
 
     async def _loop(self, stop: StopSignal) -> None:
@@ -854,7 +864,7 @@ class Dispatcher:
         future = self._committer.submit(self._tx.commit, batch.records, batch.offsets)
         self._commit_future = future
         try:
-            await asyncio.wrap_future(future)
+            stats = await asyncio.wrap_future(future)
         except TransactionAborted as exc:
             self.metrics.transactions.labels(ROLE, "aborted").inc()
             self.log.warning("transaction aborted", error=str(exc))
@@ -866,6 +876,14 @@ class Dispatcher:
             self.log.error("transaction failed", error=repr(exc))
             self._failure = exc
             return
+        for refusal in stats.refused:
+            self.metrics.dead_letters.labels("dispatch", refusal.reason).inc()
+            self.log.error(
+                "record refused by the broker, dead-lettered",
+                reason=refusal.reason,
+                topic=refusal.topic,
+                error=refusal.error,
+            )
         self._committed(batch, time.monotonic() - started)
 
     def _committed(self, batch: _Batch, seconds: float) -> None:

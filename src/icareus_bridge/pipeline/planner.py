@@ -33,6 +33,7 @@ from icareus_bridge.kafka import clients
 from icareus_bridge.kafka.admin import OwnershipWatch
 from icareus_bridge.kafka.checkpoint import (
     Checkpoint,
+    DeadLetterRoute,
     OutboundRecord,
     TransactionAborted,
     TransactionFatal,
@@ -361,6 +362,8 @@ class Planner:
             self._consumer,
             self.topics.state,
             encode_state=self.logic.codec.encode_state,
+            dead_letters=DeadLetterRoute(self.topics.dlq, "plan", p.group_id),
+            new_producer=self._new_producer,
             max_records=p.batch_max_events,
             max_seconds=p.batch_max_ms / 1000.0,
         )
@@ -632,6 +635,7 @@ class Planner:
         try:
             stats = cp.commit()
         except TransactionAborted as exc:
+            self._producer = cp.producer  # replaced after a refused record
             self.metrics.transactions.labels(ROLE, "aborted").inc()
             self.log.warning("transaction aborted, batch will be read again", error=str(exc))
             self._checkpoint = self._new_checkpoint()
@@ -644,6 +648,17 @@ class Planner:
             self.log.error("transaction failed fatally", error=str(exc))
             self._fatal = self._fatal_error(exc)
             raise self._fatal from exc
+        self._producer = cp.producer  # replaced after a refused record
+        for refusal in stats.refused:
+            self._inc(self.metrics.dead_letters, "plan", refusal.reason)
+            self.log.error(
+                "record refused by the broker, dead-lettered",
+                reason=refusal.reason,
+                topic=refusal.topic,
+                partition=refusal.partition,
+                error=refusal.error,
+                truncated=refusal.truncated,
+            )
         for partition, key, write in cp.state_writes():
             self.store.put(partition, key, write.value, write.obj)
         self.metrics.transactions.labels(ROLE, "committed").inc()
