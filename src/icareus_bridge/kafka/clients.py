@@ -21,6 +21,13 @@ ErrorCallback = Callable[[Any], None]
 LIBRDKAFKA_LOGGER = logging.getLogger("icareus_bridge.kafka.librdkafka")
 
 
+def quiet_librdkafka() -> None:
+    """For the operator commands: they report a Kafka error themselves, once, with the
+    bootstrap address, instead of librdkafka's line per reconnect attempt."""
+    LIBRDKAFKA_LOGGER.propagate = False
+    LIBRDKAFKA_LOGGER.disabled = True
+
+
 def base_config(kafka: KafkaSettings) -> dict[str, Any]:
     """`KafkaSettings.client_config()` plus the log routing every client of the bridge uses."""
     conf = kafka.client_config()

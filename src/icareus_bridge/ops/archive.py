@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icareus_bridge.config import Settings, load_settings
+from icareus_bridge.kafka.clients import quiet_librdkafka
 from icareus_bridge.ops.archive_store import (
     ArchiveDamaged,
     ArchiveFile,
@@ -356,6 +357,7 @@ def main(args: argparse.Namespace) -> int:
         if args.out is None:
             raise UsageError("--out DIR is required")
         settings = load_settings(args.config)
+        quiet_librdkafka()
         codec: Codec = args.codec or settings.archive.codec
         report = export(settings, args.out, args.older_than, codec, delete=args.delete)
     except UsageError as exc:

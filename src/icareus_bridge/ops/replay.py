@@ -38,9 +38,9 @@ from icareus_bridge.config import Settings, load_settings
 from icareus_bridge.kafka.admin import KafkaRefused, admin_client, first_contact
 from icareus_bridge.kafka.changelog import RestoreError, read_to_end
 from icareus_bridge.kafka.clients import (
-    LIBRDKAFKA_LOGGER,
     assign_only_consumer,
     base_config,
+    quiet_librdkafka,
     transactional_producer,
 )
 from icareus_bridge.ops.replay_model import (
@@ -129,12 +129,6 @@ def _check_history_args(args: argparse.Namespace) -> None:
 
 
 # --- Kafka -----------------------------------------------------------------------------------
-
-
-def _quiet_librdkafka() -> None:
-    # The command reports Kafka errors itself, once, with the bootstrap address.
-    LIBRDKAFKA_LOGGER.propagate = False
-    LIBRDKAFKA_LOGGER.disabled = True
 
 
 def topic_partitions(settings: Settings) -> dict[str, int]:
@@ -700,7 +694,7 @@ def _hint(refusal: str) -> str:
 
 
 def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    _quiet_librdkafka()
+    quiet_librdkafka()
     if args.history:
         _check_history_args(args)
     filters_of(args)  # bad times are told before anything is read

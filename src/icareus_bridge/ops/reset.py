@@ -40,7 +40,7 @@ from icareus_bridge.core.model import (
 from icareus_bridge.core.plan import account_key, plan
 from icareus_bridge.icareus.client import IcareusClient
 from icareus_bridge.icareus.errors import IcareusError
-from icareus_bridge.kafka.clients import LIBRDKAFKA_LOGGER, idempotent_producer
+from icareus_bridge.kafka.clients import idempotent_producer, quiet_librdkafka
 from icareus_bridge.ops.state_lookup import (
     KafkaUnreachable,
     KnownState,
@@ -456,9 +456,7 @@ def _real(
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    # The command reports Kafka errors itself, once, with the bootstrap address.
-    LIBRDKAFKA_LOGGER.propagate = False
-    LIBRDKAFKA_LOGGER.disabled = True
+    quiet_librdkafka()
     try:
         with StateLookup(settings) as lookup:
             lookup.probe()

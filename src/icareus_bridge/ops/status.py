@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from icareus_bridge.config import load_settings
-from icareus_bridge.kafka.clients import LIBRDKAFKA_LOGGER
+from icareus_bridge.kafka.clients import quiet_librdkafka
 from icareus_bridge.ops.state_lookup import (
     KafkaUnreachable,
     StateLookup,
@@ -100,9 +100,7 @@ def render(facts: SubscriptionFacts) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    # The command reports Kafka errors itself, once, with the bootstrap address.
-    LIBRDKAFKA_LOGGER.propagate = False
-    LIBRDKAFKA_LOGGER.disabled = True
+    quiet_librdkafka()
     sid: str = args.subscription
     try:
         with StateLookup(settings) as lookup:
