@@ -1,8 +1,8 @@
 """No secret and no personal data in any output of the bridge: one story through `icareus-bridge
 run` (both roles) and the simulator, each a process of its own, over HTTPS, with recognisable
-values: the organization key (from a key file), a SCRAM password (set through the environment;
-the test broker is plaintext, so it only travels through the configuration), and a subscriber's
-names, e-mail, phone, postal code and city. The story has completed requests, a request
+values: the organization key (from a key file) and a subscriber's names, e-mail, phone, postal
+code and city (the SCRAM password needs the SASL_SSL broker: tests/e2e/test_sasl_ssl.py searches
+results, /metrics, CLI output and logs for it). The story has completed requests, a request
 rejected by Icareus, a request that fails into the DLQ (and the one parked behind it), and a
 poison event. Then every log line of both processes, every result (key, raw and decoded value,
 headers), every dead-letter header, the `/metrics` scrape and the output of the CLI commands is
@@ -50,14 +50,13 @@ from tests.e2e.harness import (
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 ORG_KEY = "orgkey-LEAKPROBE-5e1f9a7c"
-SCRAM_PASSWORD = "scram-LEAKPROBE-pw-7731"
 FIRST = "Xanthippe"
 LAST = "Zedlova-Quist"
 EMAIL = "xanthippe.zq@leakprobe.example"
 PHONE = "+357 99 123987"
 POSTAL = "PQ-4521"
 CITY = "Leakvillebury"
-SECRETS = {"organization key": ORG_KEY, "SCRAM password": SCRAM_PASSWORD}
+SECRETS = {"organization key": ORG_KEY}
 PERSONAL = {
     "first name": FIRST,
     "last name": LAST,
@@ -144,11 +143,11 @@ def simulator(tmp_path: Path, pki: dict[str, Path]) -> Iterator[Simulator]:
 
 
 class SecretBridge(Bridge):
-    """`icareus-bridge run` with the SCRAM password in its environment."""
+    """`icareus-bridge run` with the organization key from its key file only (no
+    ICAREUS_BRIDGE__ variable of the test's environment)."""
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
-        env["ICAREUS_BRIDGE__KAFKA__SASL_PASSWORD"] = SCRAM_PASSWORD
         return env
 
     def start(self) -> SecretBridge:

@@ -163,11 +163,40 @@ def test_new_subscription_is_provisioned_over_sasl_ssl(
     assert len(users) == 1 and users[0]["products"] == ["1001"]
     assert [d["deviceId"] for d in users[0]["devices"]] == ["SN-TLS"]
 
-    # A clean stop, then no log line of the whole run holds the password.
+    # The SCRAM password in no output: results (raw value, key, headers), the /metrics scrape,
+    # the operator commands run with the password in their environment (the worst case), and,
+    # after a clean stop, every log line of the run.
+    password = secure_kafka.users["bridge"]
+    raw = [
+        (m.key() or b"") + (m.value() or b"") + b"".join(v or b"" for _, v in m.headers() or [])
+        for m in secure_crm.results.records
+    ]
+    assert raw and not [r for r in raw if password.encode() in r]
+    assert password not in secure_bridge.metrics()
+    cli_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")},
+        **secure_environment(secure_kafka, sasl_password=password),
+    }
+    for args in (
+        ["status", "--subscription", sub.id],
+        ["replay", "--dry-run"],
+        ["replay", "--history"],
+        ["status", "--help"],
+        ["replay", "--help"],
+    ):
+        done = subprocess.run(
+            [str(BRIDGE), *args, "--config", str(secure_bridge.config_path)],
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            timeout=120,
+        )
+        assert done.returncode in (0, 1), (args, done.stdout, done.stderr)
+        assert password not in done.stdout + done.stderr, args
     assert secure_bridge.terminate() == 0
     output = secure_bridge.output()
     assert '"topic ready"' in output  # the log really is this run's
-    assert secure_kafka.users["bridge"] not in output
+    assert password not in output
 
 
 def _refused_start(
