@@ -12,7 +12,7 @@ MYPY := $(VENV)/bin/mypy
 INSTALLED := $(VENV)/.installed
 KAFKA := $(PY) tools/kafka/local_kafka.py
 
-.PHONY: setup test lint kafka-up kafka-down run demo bench clean
+.PHONY: setup test lint kafka-up kafka-down run demo bench drills clean
 
 setup: $(INSTALLED)
 	$(KAFKA) fetch >/dev/null
@@ -61,6 +61,12 @@ bench: setup
 	  [ "$$(cat bench/out/$$b.rc)" = 0 ] || failed="$$failed $$b"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "benchmarks failed:$$failed"; exit 1; fi
+
+# The fault drills at full size (about 25 minutes); `make test` runs their short versions. Each
+# passing drill leaves its figures in var/drills/full/, written into docs/RELIABILITY.md after.
+drills: setup
+	$(PYTEST) -q tests/drills --drill-size full
+	$(PY) tools/drill_figures.py --size full
 
 clean: kafka-down
 	rm -rf var/ bench/out/ .pytest_cache/ .mypy_cache/ .ruff_cache/ .hypothesis/ build/ dist/
