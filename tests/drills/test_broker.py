@@ -46,10 +46,13 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[local_kafka.LocalKafka]:
-    """A broker this drill may stop and freeze; stopped by pid at the end, thawed first."""
-    kafka = local_kafka.LocalKafka(tmp_path / "kafka")
+RECOVERY_BOUND_SECONDS = 180.0  # liveness, not speed: a bridge that never recovers fails here
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_kafka.LocalKafka]:
+    """A broker these drills may stop and freeze; stopped by pid at the end, thawed first."""
+    kafka = local_kafka.LocalKafka(tmp_path_factory.mktemp("kafka"))
     kafka.start()
     try:
         kafka.wait_ready()
@@ -84,89 +87,141 @@ def freeze(kafka: local_kafka.LocalKafka, seconds: float) -> tuple[float, float]
     return frozen, time.monotonic()
 
 
-def test_broker_stopped_and_frozen_mid_stream_bridge_recovers_by_itself_nothing_lost(
-    broker: local_kafka.LocalKafka, drill_size: str, tmp_path: Path
+class Stack:
+    """The simulator, one bridge on the drill's broker, CRM's stream and the watchers."""
+
+    def __init__(self, kafka: local_kafka.LocalKafka, size: dict[str, Any], workdir: Path):
+        self.bootstrap = kafka.bootstrap_servers
+        self.cfg = drill_config(self.bootstrap, "http://127.0.0.1:1/api")
+        (workdir / "simulator.yaml").write_text(yaml.safe_dump(self.cfg))
+        self.sim = start_simulator(workdir / "simulator.yaml", latency_ms=5, jitter_ms=5)
+        self.bridges: list[Any] = []
+        self.watchers: list[Any] = []
+        self.stream: Stream | None = None
+        self.admin = SimulatorAdmin(self.sim.admin_url)
+        self.cfg["icareus"]["base_url"] = self.sim.base_url
+        self.bridges = scaled(self.cfg, 1, workdir)
+        self.bridge = self.bridges[0]
+        self.bridge.start().wait_ready(timeout=180)
+        self.ready = ReadyWatch(self.bridge)
+        self.results = ResultWatch(self.bootstrap, self.cfg["topics"]["results"])
+        self.watchers = [self.ready, self.results]
+        for w in self.watchers:
+            w.start()
+        self.workload = Workload(size["subscriptions"])
+        self.stream = Stream(
+            self.bootstrap, self.cfg["topics"]["input"], self.workload, size["rate"], None
+        )
+        self.started = time.monotonic()
+        self.stream.start()
+
+    def flowing(self, more: int = 100) -> None:
+        counted = self.results.count
+        wait_for(
+            lambda: self.results.count >= counted + more,
+            "results flowing",
+            timeout=RECOVERY_BOUND_SECONDS,
+        )
+
+    def resumed_after(self, at: float) -> float:
+        """Seconds from `at` to the first result committed after it."""
+        wait_for(
+            lambda: self.results.first_any_after(at) is not None,
+            "results again: the bridge did not recover by itself",
+            timeout=RECOVERY_BOUND_SECONDS,
+        )
+        return (self.results.first_any_after(at) or at) - at
+
+    def finish(self) -> tuple[Any, float]:
+        assert self.stream is not None
+        self.stream.finish()
+        wait_for(lambda: caught_up(self.bootstrap, self.cfg), "the bridge to finish", interval=1.0)
+        duration = time.monotonic() - self.started
+        result = outcome(
+            self.bootstrap, self.cfg, self.workload, self.admin, self.stream.published, {}
+        )
+        result.check()
+        return result, duration
+
+    def close(self) -> None:
+        stop_all(self.bridges)
+        self.sim.stop()
+        if self.stream is not None:
+            self.stream.stop()
+        for w in self.watchers:
+            w.stop()
+        self.admin.close()
+
+
+@pytest.fixture
+def stack(broker: local_kafka.LocalKafka, drill_size: str, tmp_path: Path) -> Iterator[Stack]:
+    running = Stack(broker, SIZES[drill_size], tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def test_broker_frozen_mid_stream_bridge_recovers_by_itself_nothing_lost(
+    broker: local_kafka.LocalKafka, stack: Stack, drill_size: str
 ) -> None:
     size = SIZES[drill_size]
-    bootstrap = broker.bootstrap_servers
-    cfg = drill_config(bootstrap, "http://127.0.0.1:1/api")
-    (tmp_path / "simulator.yaml").write_text(yaml.safe_dump(cfg))
-    sim = start_simulator(tmp_path / "simulator.yaml", latency_ms=5, jitter_ms=5)
-    bridges = []
-    watchers: list[Any] = []
-    stream = None
-    try:
-        admin = SimulatorAdmin(sim.admin_url)
-        cfg["icareus"]["base_url"] = sim.base_url
-        bridges = scaled(cfg, 1, tmp_path)
-        bridge = bridges[0]
-        bridge.start().wait_ready(timeout=180)
-        ready = ReadyWatch(bridge)
-        results = ResultWatch(bootstrap, cfg["topics"]["results"])
-        watchers = [ready, results]
-        for w in watchers:
-            w.start()
-        workload = Workload(size["subscriptions"])
-        stream = Stream(bootstrap, cfg["topics"]["input"], workload, size["rate"], None)
-        started = time.monotonic()
-        stream.start()
+    stack.flowing()
+    frozen, thawed = freeze(broker, size["freeze"])
+    resumed = stack.resumed_after(thawed)
+    stack.flowing()
+    not_ready = stack.ready.went_false_between(frozen, time.monotonic())
+    wait_for(lambda: stack.ready.changes[-1][1] is True, "/readyz true after the freeze")
+    result, duration = stack.finish()
+    figures = base_figures(result, duration)
+    figures.update(
+        {
+            "freeze_seconds": size["freeze"],
+            "freeze_results_resumed_after_thaw_seconds": round(resumed, 1),
+            "freeze_readyz_went_false": not_ready,
+            "time_to_recover_seconds": round(resumed, 1),
+        }
+    )
+    write_figures("broker_freeze", drill_size, figures)
+    print(figures)
 
-        wait_for(lambda: results.count >= 100, "results flowing")
-        stopped, back = restart(broker, size["stop"])
-        wait_for(lambda: results.first_any_after(back) is not None, "results after restart")
-        first = results.first_any_after(back) or back
-        wait_for(lambda: (ready.true_again_after(back) or 0) > 0, "/readyz true after restart")
-        assert ready.went_false_between(stopped, time.monotonic()), ready.changes
-        ready_again = (ready.true_again_after(back) or back) - back
 
-        counted = results.count
-        wait_for(lambda: results.count >= counted + 100, "results flowing before the freeze")
-        frozen, thawed = freeze(broker, size["freeze"])
-        wait_for(lambda: results.first_any_after(thawed) is not None, "results after the thaw")
-        first_thawed = results.first_any_after(thawed) or thawed
-        counted = results.count
-        wait_for(lambda: results.count >= counted + 100, "results flowing after the freeze")
-        freeze_not_ready = ready.went_false_between(frozen, time.monotonic())
-        wait_for(lambda: ready.changes[-1][1] is True, "/readyz true after the freeze")
+def test_broker_stopped_mid_stream_and_started_on_its_data_bridge_and_demo_recover(
+    broker: local_kafka.LocalKafka, stack: Stack, drill_size: str
+) -> None:
+    size = SIZES[drill_size]
+    stack.flowing()
+    stopped, back = restart(broker, size["stop"])
+    resumed = stack.resumed_after(back)
+    wait_for(
+        lambda: (stack.ready.true_again_after(back) or 0) > 0, "/readyz true after the restart"
+    )
+    assert stack.ready.went_false_between(stopped, time.monotonic()), stack.ready.changes
+    ready_again = (stack.ready.true_again_after(back) or back) - back
+    stack.flowing()
+    result, duration = stack.finish()
 
-        stream.finish()
-        wait_for(lambda: caught_up(bootstrap, cfg), "the bridge to finish", interval=1.0)
-        duration = time.monotonic() - started
-        result = outcome(bootstrap, cfg, workload, admin, stream.published, {})
-        result.check()
+    # tools/demo.py through one more stop of the broker.
+    demo_rc, demo_tail, demo_outage = run_demo_through_restart(
+        broker, stack.bridge.config_path, stack.sim.admin_url, size
+    )
+    assert demo_rc == 0, demo_tail
+    assert "PASSED" in demo_tail and "Traceback" not in demo_tail, demo_tail
 
-        # tools/demo.py through one more stop of the broker.
-        demo_rc, demo_tail, demo_outage = run_demo_through_restart(
-            broker, bridge.config_path, sim.admin_url, size
-        )
-        assert demo_rc == 0, demo_tail
-        assert "PASSED" in demo_tail and "Traceback" not in demo_tail, demo_tail
-
-        figures = base_figures(result, duration)
-        figures.update(
-            {
-                "stop_seconds": size["stop"],
-                "freeze_seconds": size["freeze"],
-                "stop_results_resumed_after_back_seconds": round(first - back, 1),
-                "stop_ready_again_after_back_seconds": round(ready_again, 1),
-                "stop_broker_restart_seconds": round(back - stopped - size["stop"], 1),
-                "freeze_results_resumed_after_thaw_seconds": round(first_thawed - thawed, 1),
-                "freeze_readyz_went_false": freeze_not_ready,
-                "time_to_recover_seconds": round(max(first - back, first_thawed - thawed), 1),
-                "demo_exit": demo_rc,
-                "demo_broker_down_seconds": round(demo_outage, 1),
-            }
-        )
-        write_figures("broker", drill_size, figures)
-        print(figures)
-        admin.close()
-    finally:
-        stop_all(bridges)
-        sim.stop()
-        if stream is not None:
-            stream.stop()
-        for w in watchers:
-            w.stop()
+    figures = base_figures(result, duration)
+    figures.update(
+        {
+            "stop_seconds": size["stop"],
+            "stop_results_resumed_after_back_seconds": round(resumed, 1),
+            "stop_ready_again_after_back_seconds": round(ready_again, 1),
+            "stop_broker_restart_seconds": round(back - stopped - size["stop"], 1),
+            "time_to_recover_seconds": round(resumed, 1),
+            "demo_exit": demo_rc,
+            "demo_broker_down_seconds": round(demo_outage, 1),
+        }
+    )
+    write_figures("broker_stop", drill_size, figures)
+    print(figures)
 
 
 def run_demo_through_restart(
