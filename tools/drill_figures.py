@@ -23,10 +23,19 @@ HEADER = (
     "duplicates suppressed | time to recover | notes |",
     "|---|---|---|---|---|---|---|---|---|",
 )
-ORDER = ("scale_out", "broker", "icareus_flapping", "icareus_slow", "icareus_429", "icareus_outage")
+ORDER = (
+    "scale_out",
+    "broker_stop",
+    "broker_freeze",
+    "icareus_flapping",
+    "icareus_slow",
+    "icareus_429",
+    "icareus_outage",
+)
 TITLES = {
     "scale_out": "Scale-out (3 processes, kill -9 ×2)",
-    "broker": "Broker stop and freeze",
+    "broker_stop": "Broker stopped, started on its data",
+    "broker_freeze": "Broker frozen (SIGSTOP)",
     "icareus_flapping": "Icareus flapping",
     "icareus_slow": "Icareus slower than the timeout",
     "icareus_429": "Icareus 429 storms",
@@ -46,16 +55,19 @@ def _notes(f: dict[str, Any]) -> str:
             f"{f['second_kill_stall_seconds']} s (transaction.timeout.ms "
             f"{f['transaction_timeout_ms']:,})"
         )
-    if name == "broker":
+    if name == "broker_stop":
         return (
-            f"stopped {f['stop_seconds']:.0f} s: results again "
-            f"{f['stop_results_resumed_after_back_seconds']} s after the broker was back "
-            f"(it took {f['stop_broker_restart_seconds']} s to start), "
-            f"/readyz false then true ({f['stop_ready_again_after_back_seconds']} s after); "
+            f"stopped {f['stop_seconds']:.0f} s (the JVM took {f['stop_broker_restart_seconds']} s "
+            f"to start again); results {f['stop_results_resumed_after_back_seconds']} s after it "
+            f"was back; /readyz false, then true {f['stop_ready_again_after_back_seconds']} s "
+            "after"
+        )
+    if name == "broker_freeze":
+        return (
             f"frozen {f['freeze_seconds']:.0f} s: results again "
-            f"{f['freeze_results_resumed_after_thaw_seconds']} s after SIGCONT, /readyz "
-            f"{'went false' if f['freeze_readyz_went_false'] else 'stayed true'}; "
-            f"demo.py through a {f['demo_broker_down_seconds']} s stop: exit {f['demo_exit']}"
+            f"{f['freeze_results_resumed_after_thaw_seconds']} s after SIGCONT; /readyz "
+            f"{'went false' if f['freeze_readyz_went_false'] else 'stayed true'}; demo.py through "
+            f"a {f['demo_frozen_seconds']} s freeze: exit {f['demo_exit']}"
         )
     if name == "icareus_outage":
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(f["dlq_reasons"].items()))
