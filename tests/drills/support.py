@@ -494,9 +494,11 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         c.close()
 
 
-def last_committed_offsets(bootstrap: str, topic: str, window: int = 2000) -> dict[int, int]:
+def committed_tail(bootstrap: str, topic: str, window: int = 2000) -> tuple[dict[int, int], bool]:
     """Per partition, the offset of its last committed record (read_committed, from the tail:
-    a transactional topic ends in a commit or abort marker, not in a record)."""
+    a transactional topic ends in a commit or abort marker, not in a record); and whether every
+    partition is stable, i.e. no transaction is open in it (a read_committed reader reaches the
+    high watermark, not a last stable offset held back by an open transaction)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -516,6 +518,7 @@ def last_committed_offsets(bootstrap: str, topic: str, window: int = 2000) -> di
             [TopicPartition(topic, p, max(marks[p][0], marks[p][1] - window)) for p in pending]
         )
         last: dict[int, int] = {}
+        reached: dict[int, int] = {}
         deadline = time.monotonic() + 60
         while pending and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=1000, timeout=0.5):
@@ -524,25 +527,61 @@ def last_committed_offsets(bootstrap: str, topic: str, window: int = 2000) -> di
                     last[msg.partition()] = msg.offset()
                 elif err.code() == KafkaError._PARTITION_EOF:
                     pending.discard(msg.partition())
+                    reached[msg.partition()] = msg.offset()
         assert not pending, f"{topic}: tail of partitions {pending} not read"
-        return last
+        stable = all(reached.get(p, high) >= high for p, (low, high) in marks.items() if high > low)
+        return last, stable
     finally:
         consumer.close()
 
 
 def caught_up(bootstrap: str, cfg: dict[str, Any]) -> bool:
     """The planner has committed past every event, the dispatcher past every committed
-    request: nothing is in flight any more."""
+    request, and no transaction is open on the outputs: nothing is in flight any more."""
     try:
         t = cfg["topics"]
         ends = _ends(bootstrap, t["input"])
         done = committed_offsets(bootstrap, cfg["planner"]["group_id"], t["input"])
         if any(end > 0 and done[p] < end for p, end in ends.items()):
             return False
-        last = last_committed_offsets(bootstrap, t["requests"])
+        last, stable = committed_tail(bootstrap, t["requests"])
+        if not stable:
+            return False
         done = committed_offsets(bootstrap, cfg["dispatcher"]["group_id"], t["requests"])
-        return all(done[p] > offset for p, offset in last.items())
+        if not all(done[p] > offset for p, offset in last.items()):
+            return False
+        return all(committed_tail(bootstrap, t[name])[1] for name in ("results", "dlq", "state"))
     except Exception:  # the broker is coming back: not caught up yet
+        return False
+
+
+def settled(
+    bootstrap: str, cfg: dict[str, Any], workload: Workload, dead_letters_finish: bool = True
+) -> bool:
+    """`caught_up`, and what CRM can read agrees: every request CRM's events call for is
+    visible, and each has a result (or a dead letter, if `dead_letters_finish`). A partition
+    behind a dead process's open transaction hides what came after it until the broker aborts
+    that transaction."""
+    if not caught_up(bootstrap, cfg):
+        return False
+    try:
+        t, keys = cfg["topics"], workload.keys
+        planned = {
+            CODEC.decode_request(m.value()).request_id
+            for m in committed_records(bootstrap, t["requests"], keys)
+        }
+        if len(planned) != workload.expected_requests():
+            return False
+        finished = {
+            CODEC.decode_result(m.value()).request_id
+            for m in committed_records(bootstrap, t["results"], keys)
+        }
+        dead = {
+            CODEC.decode_request(m.value()).request_id
+            for m in committed_records(bootstrap, t["dlq"], keys)
+        }
+        return planned <= (finished | dead if dead_letters_finish else finished)
+    except Exception:  # the broker is coming back
         return False
 
 

@@ -28,10 +28,10 @@ from tests.drills.support import (
     Stream,
     Workload,
     base_figures,
-    caught_up,
     drill_config,
     outcome,
     scaled,
+    settled,
     start_simulator,
     stop_all,
     wait_for,
@@ -62,7 +62,7 @@ SIZES: dict[str, dict[str, Any]] = {
 
 # Liveness, not speed: a bridge that has not delivered again this long after the broker is
 # back has not recovered by itself.
-RECOVERY_BOUND_SECONDS = {"short": 60.0, "full": 180.0}
+RECOVERY_BOUND_SECONDS = {"short": 45.0, "full": 180.0}
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,11 @@ class Stack:
     def finish(self) -> tuple[Any, float]:
         assert self.stream is not None
         self.stream.finish()
-        wait_for(lambda: caught_up(self.bootstrap, self.cfg), "the bridge to finish", interval=1.0)
+        wait_for(
+            lambda: settled(self.bootstrap, self.cfg, self.workload),
+            "the bridge to finish",
+            interval=2.0,
+        )
         duration = time.monotonic() - self.started
         result = outcome(
             self.bootstrap, self.cfg, self.workload, self.admin, self.stream.published, {}
@@ -263,8 +267,9 @@ def run_demo_through_fault(
     size: dict[str, Any],
     fault: Callable[[], tuple[float, float]],
 ) -> tuple[int, str, float]:
-    """Runs tools/demo.py; once its main phase is published, `fault()` (it returns when the
-    fault is over). Returns (exit code, its output, seconds the fault lasted)."""
+    """Runs tools/demo.py; once its main phase is published and it waits for the bridge,
+    `fault()` (it returns when the fault is over). Returns (exit code, its output, seconds
+    the fault lasted)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
     proc = subprocess.Popen(
         [
@@ -294,7 +299,8 @@ def run_demo_through_fault(
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("phase become subscriber"):
+            # Its main phase is published and it is polling the planner's committed offsets.
+            if line.startswith("  become subscriber: planner"):
                 phase.set()
 
     reader = threading.Thread(target=read, daemon=True)

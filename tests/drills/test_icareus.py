@@ -25,10 +25,10 @@ from tests.drills.support import (
     Stream,
     Workload,
     base_figures,
-    caught_up,
     drill_config,
     outcome,
     scaled,
+    settled,
     start_simulator,
     stop_all,
     wait_for,
@@ -41,8 +41,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(1500)]
 NO_FAULTS: dict[str, Any] = {"outage": False, "rates": {}, "script": [], "latency_ms": 5}
 SIZES: dict[str, dict[str, Any]] = {
     # stream: seconds of faults while CRM publishes at `rate`; period: on/off switching
-    "short": {"subscriptions": 150, "rate": 30.0, "stream": 10.0, "period": 2.0,
-              "outage": 14.0, "budget": 5.0},
+    "short": {"subscriptions": 150, "rate": 30.0, "stream": 8.0, "period": 2.0,
+              "outage": 12.0, "budget": 5.0},
     "full": {"subscriptions": 1500, "rate": 50.0, "stream": 90.0, "period": 3.0,
              "outage": 120.0, "budget": 60.0},
 }  # fmt: skip
@@ -170,7 +170,7 @@ def run_faulted_stream(
         stream.stop()
     faults_off = time.monotonic()
     stream.finish()
-    wait_for(lambda: caught_up(kafka_bootstrap, cfg), "the bridge to finish", interval=1.0)
+    wait_for(lambda: settled(kafka_bootstrap, cfg, workload), "the bridge to finish", interval=2.0)
     recovered = time.monotonic() - faults_off
     result = outcome(kafka_bootstrap, cfg, workload, admin, stream.published, before)
     result.check()
@@ -278,7 +278,9 @@ def test_outage_longer_than_the_retry_budget_dead_letters_parks_then_replay_conv
             admin.set_faults(**NO_FAULTS)
             stream.stop()
         stream.finish()
-        wait_for(lambda: caught_up(kafka_bootstrap, cfg), "the bridge to finish", interval=1.0)
+        wait_for(
+            lambda: settled(kafka_bootstrap, cfg, workload), "the bridge to finish", interval=2.0
+        )
         parked = outcome(kafka_bootstrap, cfg, workload, admin, stream.published, before)
         assert parked.dlq_reasons.get("RETRIES_EXHAUSTED", 0) > 0, parked.dlq_reasons
         assert parked.missing_results > 0
@@ -287,7 +289,11 @@ def test_outage_longer_than_the_retry_budget_dead_letters_parks_then_replay_conv
         replay_started = time.monotonic()
         done = replay(bridge)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        wait_for(lambda: caught_up(kafka_bootstrap, cfg), "the replayed requests", interval=1.0)
+        wait_for(
+            lambda: settled(kafka_bootstrap, cfg, workload, dead_letters_finish=False),
+            "the replayed requests",
+            interval=2.0,
+        )
         converged = time.monotonic() - replay_started
         result = outcome(kafka_bootstrap, cfg, workload, admin, stream.published, before)
         result.check(dead_letters_expected=True)

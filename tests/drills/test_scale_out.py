@@ -24,12 +24,12 @@ from tests.drills.support import (
     Stream,
     Workload,
     base_figures,
-    caught_up,
     drill_config,
     group_assignment,
     kill,
     outcome,
     scaled,
+    settled,
     start_simulator,
     stop_all,
     wait_for,
@@ -115,7 +115,9 @@ def test_scale_out_kill_9_one_of_three_then_the_busiest_loses_and_repeats_nothin
         reassigned = time.monotonic() - killed_2
 
         stream.finish(timeout=total / size["rate"] + 120)
-        wait_for(lambda: caught_up(kafka_bootstrap, cfg), "the bridge to finish", interval=1.0)
+        wait_for(
+            lambda: settled(kafka_bootstrap, cfg, workload), "the bridge to finish", interval=2.0
+        )
         duration = time.monotonic() - started
 
         def resumed(parts: set[int], at: float) -> float:
