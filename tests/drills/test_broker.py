@@ -46,8 +46,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "rate": 40.0,
         "stop": 8.0,
         "freeze": 8.0,
-        "demo_subs": 30,
-        "demo_freeze": 15.0,
+        "demo_subs": 15,
+        "demo_freeze": 12.0,
     },
     "full": {
         "subscriptions": 2000,
@@ -62,7 +62,7 @@ SIZES: dict[str, dict[str, Any]] = {
 
 # Liveness, not speed: a bridge that has not delivered again this long after the broker is
 # back has not recovered by itself.
-RECOVERY_BOUND_SECONDS = {"short": 45.0, "full": 180.0}
+RECOVERY_BOUND_SECONDS = {"short": 30.0, "full": 180.0}
 
 
 @pytest.fixture(scope="module")

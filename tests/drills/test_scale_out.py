@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 # subscriptions x events each; CRM's publishing rate (events/s)
 SIZES: dict[str, dict[str, Any]] = {
-    "short": {"subscriptions": 400, "events_each": 5, "rate": 150.0, "txn_timeout_ms": 15000},
+    "short": {"subscriptions": 300, "events_each": 5, "rate": 150.0, "txn_timeout_ms": 15000},
     "full": {"subscriptions": 4000, "events_each": 5, "rate": 400.0, "txn_timeout_ms": None},
 }
 
