@@ -62,7 +62,7 @@ bench: setup
 	done; \
 	if [ -n "$$failed" ]; then echo "benchmarks failed:$$failed"; exit 1; fi
 
-# The fault drills at full size (about 25 minutes); `make test` runs their short versions. Each
+# The fault drills at full size (about 16 minutes, at most 25); `make test` runs them short. Each
 # passing drill leaves its figures in var/drills/full/, written into docs/RELIABILITY.md after.
 drills: setup
 	$(PYTEST) -q tests/drills --drill-size full
