@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from icareus_bridge.codec import Codec
 from icareus_bridge.config import Settings, load_settings
@@ -458,14 +458,17 @@ class Watcher:
         self.thread.start()
 
     def _ends(self, topics: Iterable[str]) -> dict[tuple[str, int], int]:
-        meta = self.consumer.list_topics(timeout=10)
-        ends = {}
-        for topic in topics:
-            if topic not in meta.topics:
-                raise SystemExit(f"demo: topic {topic} does not exist: is `make run` up?")
-            for p in meta.topics[topic].partitions:
-                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                ends[(topic, p)] = high
+        try:
+            meta = self.consumer.list_topics(timeout=10)
+            ends = {}
+            for topic in topics:
+                if topic not in meta.topics:
+                    raise SystemExit(f"demo: topic {topic} does not exist: is `make run` up?")
+                for p in meta.topics[topic].partitions:
+                    tp = TopicPartition(topic, p)
+                    ends[(topic, p)] = self.consumer.get_watermark_offsets(tp, timeout=10)[1]
+        except KafkaException as exc:
+            raise SystemExit(f"demo: Kafka does not answer: {exc}") from None
         return ends
 
     def _run(self) -> None:
@@ -514,10 +517,14 @@ class PlannerProgress:
             {"bootstrap.servers": bootstrap, "group.id": settings.planner.group_id}
         )
 
-    def caught_up(self, produced: dict[int, int]) -> tuple[int, int]:
-        """(partitions the planner has committed past our last event in, partitions written)."""
+    def caught_up(self, produced: dict[int, int]) -> tuple[int, int] | None:
+        """(partitions the planner has committed past our last event in, partitions written);
+        None while Kafka does not answer (a broker restart): the caller asks again later."""
         parts = [TopicPartition(self.topic, p) for p in produced]
-        committed = self.consumer.committed(parts, timeout=10)
+        try:
+            committed = self.consumer.committed(parts, timeout=10)
+        except KafkaException:
+            return None
         done = sum(1 for tp in committed if tp.offset > produced[tp.partition])
         return done, len(produced)
 
@@ -557,8 +564,12 @@ class Publisher:
                 on_delivery=self._delivered,
             )
             self.producer.poll(0)
-        if self.producer.flush(30) != 0:
-            raise SystemExit("demo: events not delivered within 30 s")
+        # Through a broker restart the producer keeps the events and resends them (it is
+        # idempotent: no duplicates); only `message.timeout.ms` (5 min) makes it give up.
+        waited = 0
+        while self.producer.flush(5) != 0:
+            waited += 5
+            print(f"  waiting for Kafka to take the events ({waited} s)", flush=True)
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -577,11 +588,15 @@ def wait_phase(
     last_print = 0.0
     settled_since: float | None = None
     line = ""
+    planned, parts = 0, len(publisher.last_offset)
     while time.monotonic() < deadline:
-        planned, parts = progress.caught_up(publisher.last_offset)
+        answer = progress.caught_up(publisher.last_offset)
+        kafka_note = "" if answer is not None else " (Kafka not answering, waiting)"
+        if answer is not None:
+            planned, parts = answer
         seen, done, planner_only = watcher.pending()
         line = (
-            f"  {name}: planner {planned}/{parts} partitions caught up, "
+            f"  {name}: planner {planned}/{parts} partitions caught up{kafka_note}, "
             f"results {done}/{seen} requests (+{planner_only} planner rejections), "
             f"{time.monotonic() - started:.1f} s"
         )
@@ -591,7 +606,7 @@ def wait_phase(
         elif now - last_print >= 5.0:
             print(line, flush=True)
             last_print = now
-        if planned == parts and done == seen:
+        if answer is not None and planned == parts and done == seen:
             settled_since = settled_since or now
             if now - settled_since >= 1.5:  # results of the last commit interval are in
                 print(("\r" if tty else "") + line.ljust(110), flush=True)
