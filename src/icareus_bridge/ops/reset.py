@@ -10,7 +10,8 @@ for any request (docs/PIPELINE.md, "Reset").
 
 `--dry-run` does the dispatcher's reading and planning here, with the same code
 (`pipeline.reset_plan`: the same account order, `observed_state` + `plan`), prints what
-Icareus holds against what it should hold and the requests a reset would send, and changes nothing."""
+Icareus holds against what it should hold and the requests a reset would send, and changes
+nothing."""
 
 from __future__ import annotations
 
