@@ -11,7 +11,6 @@ import asyncio
 import re
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,17 +41,18 @@ from icareus_bridge.icareus.simulator import (
     start_simulator_process,
     start_simulator_thread,
 )
-from icareus_bridge.observability.http import Readiness
-from icareus_bridge.observability.metrics import Metrics
 from icareus_bridge.pipeline.dead_letter import PARKED_BEHIND, REPLAY_COUNT
-from icareus_bridge.pipeline.dispatcher import run_dispatcher
-from tests.integration.test_icareus_auth import (
+from tests.integration.dispatcher_support import (
     Dispatcher,
     TopicReader,
+    abandon_dispatchers,
     header,
-    new_subscriber,
+    metric,
+    start_dispatcher,
+    stop_dispatchers,
     wait_for,
 )
+from tests.integration.test_icareus_auth import new_subscriber
 
 KEY = "https-organization-key"
 MAX_ATTEMPTS = 3
@@ -318,12 +318,6 @@ def test_tls_settings_that_cannot_work_stop_the_start_naming_the_key(
 # --- the dispatcher on a real broker --------------------------------------------------------
 
 
-def metric(metrics: Metrics, name: str) -> float:
-    found = re.search(rf"^{name} (\S+)$", metrics.render().decode(), re.MULTILINE)
-    assert found is not None, f"{name} is not exported"
-    return float(found.group(1))
-
-
 @dataclass
 class Rig:
     settings: Settings
@@ -335,28 +329,10 @@ class Rig:
     def start(self, ca_file: Path) -> Dispatcher:
         icareus = self.settings.icareus.model_copy(update={"ca_file": ca_file})
         settings = self.settings.model_copy(update={"icareus": icareus})
-        readiness, metrics, stop = Readiness(), Metrics(), threading.Event()
-        errors: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                run_dispatcher(settings, metrics, readiness, stop)
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=target, name="dispatcher", daemon=True)
-        dispatcher = Dispatcher(readiness, metrics, thread, stop, errors)
-        self.running.append(dispatcher)
-        thread.start()
-        return dispatcher
+        return start_dispatcher(settings, self.running)
 
     def stop(self) -> None:
-        for d in self.running:
-            d.stop.set()
-            d.thread.join(timeout=30)
-            assert not d.thread.is_alive(), "dispatcher did not drain within its grace"
-            assert not d.errors, d.errors
-        self.running.clear()
+        stop_dispatchers(self.running)
 
     def crm(self, sub_id: str, version: int, products: list[str]) -> list[ProvisioningRequest]:
         ev = new_subscriber(sub_id, version, products)
@@ -414,9 +390,7 @@ def rig(kafka_bootstrap: str, make_topic: Callable[..., str], pki: Pki) -> Itera
     try:
         yield r
     finally:
-        for d in r.running:
-            d.stop.set()
-            d.thread.join(timeout=30)
+        abandon_dispatchers(r.running)
         sim.stop()
 
 
