@@ -5,8 +5,6 @@ password or trusting another CA stops at start with exit 4 and a message naming 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,6 @@ from icareus_bridge.icareus.simulator import SimulatorAdmin, SimulatorHandle
 from icareus_bridge.service import EXIT_STARTUP
 from tests.conftest import SecureKafka, local_kafka
 from tests.e2e.harness import (
-    BRIDGE,
     Bridge,
     Crm,
     CrmSubscription,
@@ -51,24 +48,8 @@ def secure_environment(broker: SecureKafka, **overrides: str) -> dict[str, str]:
 
 
 class SecureBridge(Bridge):
-    """`icareus-bridge run` as the harness starts it, plus environment overrides."""
-
-    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str]) -> None:
-        super().__init__(config, workdir)
-        self.env = env
-
-    def start(self) -> SecureBridge:
-        self.starts += 1
-        log = (self.workdir / f"bridge-{self.starts}.log").open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
-        self.proc = subprocess.Popen(
-            [str(BRIDGE), "run", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**env, **self.env},
-        )
-        log.close()
-        return self
+    """`icareus-bridge run` as the harness starts it (with its environment overrides), and its
+    log."""
 
     def output(self) -> str:
         return "\n".join(
