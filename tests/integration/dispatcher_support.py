@@ -40,6 +40,7 @@ from icareus_bridge.icareus.simulator import (
 )
 from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.metrics import Metrics
+from icareus_bridge.pipeline.dead_letter import REPLAY_COUNT
 from icareus_bridge.pipeline.dispatcher import run_dispatcher
 
 WAIT_SECONDS = 60.0
@@ -212,6 +213,17 @@ def header(msg: Any, name: str) -> str | None:
         if k == name:
             return bytes(v).decode()
     return None
+
+
+def put_back(producer: Producer, topic: str, dead: list[Any]) -> None:
+    """Put dead letters back on the requests topic in their order, as replay does: their
+    `dlq.*` headers dropped, a replay count of 1 added."""
+    for msg in dead:
+        kept = [(k, v) for k, v in msg.headers() if not k.startswith("dlq.")]
+        producer.produce(
+            topic, key=msg.key(), value=msg.value(), headers=[*kept, (REPLAY_COUNT, b"1")]
+        )
+    producer.flush(10)
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:

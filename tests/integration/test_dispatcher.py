@@ -13,7 +13,7 @@ from icareus_bridge.core.model import (
     ProvisioningRequest,
 )
 from icareus_bridge.icareus.client import IcareusClient
-from icareus_bridge.pipeline.dead_letter import PARKED_BEHIND, REPLAY_COUNT
+from icareus_bridge.pipeline.dead_letter import PARKED_BEHIND
 from tests.integration.dispatcher_support import (
     CODEC,
     WAIT_SECONDS,
@@ -22,6 +22,7 @@ from tests.integration.dispatcher_support import (
     box,
     event,
     header,
+    put_back,
     results_of,
     rig_fixture,  # noqa: F401  (the `rig` fixture)
     subscription,
@@ -143,15 +144,7 @@ def test_outage_past_the_retry_budget_parks_the_subscription_and_replay_unparks_
 
     # Icareus is back; the dead letters are put back in order (as replay does): all finish.
     rig.admin.set_faults(script=[])
-    for msg in dead:
-        headers = [(k, v) for k, v in msg.headers() if not k.startswith("dlq.")]
-        rig.producer.produce(
-            rig.topics.requests,
-            key=msg.key(),
-            value=msg.value(),
-            headers=[*headers, (REPLAY_COUNT, b"1")],
-        )
-    rig.producer.flush(10)
+    put_back(rig.producer, rig.topics.requests, dead)
     n = len(done) + 3
     got = results_of(results.until(lambda rs: len(rs) >= n))
     rig.stop()

@@ -41,13 +41,14 @@ from icareus_bridge.icareus.simulator import (
     start_simulator_process,
     start_simulator_thread,
 )
-from icareus_bridge.pipeline.dead_letter import PARKED_BEHIND, REPLAY_COUNT
+from icareus_bridge.pipeline.dead_letter import PARKED_BEHIND
 from tests.integration.dispatcher_support import (
     Dispatcher,
     TopicReader,
     abandon_dispatchers,
     header,
     metric,
+    put_back,
     start_dispatcher,
     stop_dispatchers,
     wait_for,
@@ -442,15 +443,7 @@ def test_an_unverified_icareus_certificate_is_an_outage_of_the_bridge_not_a_reje
     # put back in their order as replay does, complete.
     fixed = rig.start(ca_file=pki.ca)
     wait_for(lambda: fixed.icareus_check()["ready"], "Icareus readiness with the right CA")
-    for msg in dead:
-        kept = [(k, v) for k, v in msg.headers() if not k.startswith("dlq.")]
-        rig.producer.produce(
-            rig.settings.topics.requests,
-            key=msg.key(),
-            value=msg.value(),
-            headers=[*kept, (REPLAY_COUNT, b"1")],
-        )
-    rig.producer.flush(10)
+    put_back(rig.producer, rig.settings.topics.requests, dead)
     done = results.until(lambda rs: len(rs) >= len(dead))
     rig.stop()
     got = [CODEC.decode_result(m.value()) for m in done]
