@@ -8,8 +8,11 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from icareus_bridge.config import ConfigError
+
+_N = TypeVar("_N", int, float)
 
 EXIT_USAGE = 2
 EXIT_NOT_BUILT = 3
@@ -26,48 +29,64 @@ HANDLERS: dict[str, tuple[str, str]] = {
 }
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _number(
+    convert: Callable[[str], _N],
+    in_range: Callable[[_N], bool],
+    out_of_range: str,
+    *,
+    not_a_number: str | None = None,
+    name: str,
+) -> Callable[[str], _N]:
+    """An argparse type: `convert` the text and require `in_range`. The messages are templates
+    of `text`; without `not_a_number` a text that does not convert is argparse's own "invalid
+    NAME value" error (the returned function is called `name`)."""
+
+    def parse(text: str) -> _N:
+        if not_a_number is None:
+            value = convert(text)
+        else:
+            try:
+                value = convert(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(not_a_number.format(text=text)) from None
+        if not in_range(value):
+            raise argparse.ArgumentTypeError(out_of_range.format(text=text))
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    return parse
 
 
-def _archive_days(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of days, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more days, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+_positive_int = _number(
+    int, lambda v: v > 0, "must be a positive integer, got {text}", name="_positive_int"
+)
+_archive_days = _number(
+    int,
+    lambda v: v >= 0,
+    "must be 0 or more days, got {text}",
+    not_a_number="must be a whole number of days, got {text!r}",
+    name="_archive_days",
+)
+_non_negative_float = _number(
+    float, lambda v: not v < 0, "must be >= 0, got {text}", name="_non_negative_float"
+)
+_positive_float = _number(
+    float,
+    lambda v: v > 0 and v != float("inf"),
+    "must be > 0, got {text}",
+    not_a_number="must be a number > 0, got {text}",
+    name="_positive_float",
+)
+_non_negative_int = _number(
+    int,
+    lambda v: v >= 0,
+    "must be an integer >= 0, got {text}",
+    not_a_number="must be an integer >= 0, got {text}",
+    name="_non_negative_int",
+)
+_rate = _number(
+    float, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1, got {text}", name="_rate"
+)
 
 
 def _config_file(text: str) -> Path:
@@ -76,13 +95,6 @@ def _config_file(text: str) -> Path:
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"cannot read {text}: no such file")
     return path
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -343,18 +343,7 @@ class Codec:
         current = self.schemas.current[name]
         compiled = self._readers.get(name)
         if compiled is not None and writer is current.parsed:
-            try:
-                value, end = compiled(data, offset)
-            except (EOFError, IndexError, KeyError, ValueError) as exc:
-                raise DecodeError(
-                    DecodeReason.MALFORMED, f"{name}: body does not decode: {exc!r}"
-                ) from exc
-            if end != len(data):
-                raise DecodeError(
-                    DecodeReason.MALFORMED,
-                    f"{name}: {len(data) - end} trailing bytes after the record",
-                )
-            result: dict[str, Any] = value
+            result: dict[str, Any] = _run_compiled(compiled, data, offset, name)
             return result
         reader = None if writer is current.parsed else current.parsed
         fo = io.BytesIO(data)
@@ -442,18 +431,7 @@ class Codec:
                 if name == EVENT and writer is self.schemas.current[EVENT].parsed:
                     start = _CONFLUENT_HEADER
         if reader is not None and start:
-            try:
-                event, end = reader(data, start)
-            except (EOFError, IndexError, KeyError, ValueError) as exc:
-                raise DecodeError(
-                    DecodeReason.MALFORMED, f"{EVENT}: body does not decode: {exc!r}"
-                ) from exc
-            if end != len(data):
-                raise DecodeError(
-                    DecodeReason.MALFORMED,
-                    f"{EVENT}: {len(data) - end} trailing bytes after the record",
-                )
-            return _check_action(event)
+            return _check_action(_run_compiled(reader, data, start, EVENT))
         return validate_event(self._decode_as(data, EVENT))
 
     def _encode_model(self, record: str, model: Any) -> bytes:
@@ -488,6 +466,19 @@ class Codec:
         if data is None:
             return None
         return state_from_avro(self._decode_as(data, STATE))
+
+
+def _run_compiled(reader: Reader, data: bytes, start: int, name: str) -> Any:
+    """Decode the body at `start` with a compiled reader; it must use every byte."""
+    try:
+        value, end = reader(data, start)
+    except (EOFError, IndexError, KeyError, ValueError) as exc:
+        raise DecodeError(DecodeReason.MALFORMED, f"{name}: body does not decode: {exc!r}") from exc
+    if end != len(data):
+        raise DecodeError(
+            DecodeReason.MALFORMED, f"{name}: {len(data) - end} trailing bytes after the record"
+        )
+    return value
 
 
 def _encode_failure(exc: BaseException) -> str:

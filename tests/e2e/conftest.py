@@ -8,24 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from icareus_bridge.config import Settings
-from icareus_bridge.icareus.simulator import (
-    SimulatorAdmin,
-    SimulatorConfig,
-    SimulatorHandle,
-    start_simulator_thread,
-)
-from tests.e2e.harness import Bridge, Crm, bridge_config
+from icareus_bridge.icareus.simulator import SimulatorAdmin, SimulatorHandle
+from tests.e2e.harness import Bridge, Crm, bridge_config, running_bridge, running_simulator
 
 NO_FAULTS = {"latency_ms": 0, "jitter_ms": 0, "outage": False, "rates": {}, "script": []}
 
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[SimulatorHandle]:
-    cfg = bridge_config("unused:9092", "http://127.0.0.1:1/api")
-    handle = start_simulator_thread(SimulatorConfig.from_settings(Settings(**cfg)))
-    yield handle
-    handle.stop()
+    with running_simulator() as handle:
+        yield handle
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +32,8 @@ def bridge(
     kafka_bootstrap: str, simulator: SimulatorHandle, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Bridge]:
     workdir: Path = tmp_path_factory.mktemp("bridge")
-    process = Bridge(bridge_config(kafka_bootstrap, simulator.base_url), workdir)
-    process.start().wait_ready()
-    yield process
-    process.stop_quietly()
+    with running_bridge(bridge_config(kafka_bootstrap, simulator.base_url), workdir) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import yaml
 from confluent_kafka import Consumer, Producer
 
 from icareus_bridge.codec import default_codec
-from icareus_bridge.config import default_config_path
+from icareus_bridge.config import Settings, default_config_path
 from icareus_bridge.core.model import (
     Action,
     InstalledItem,
@@ -33,6 +34,11 @@ from icareus_bridge.core.model import (
     Subscriber,
     Subscription,
     SubscriptionState,
+)
+from icareus_bridge.icareus.simulator import (
+    SimulatorConfig,
+    SimulatorHandle,
+    start_simulator_thread,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,10 +100,14 @@ def bridge_config(bootstrap: str, icareus_url: str, **overrides: Any) -> dict[st
 
 
 class Bridge:
-    """`icareus-bridge run` with a config file; its log goes to a file kept for failures."""
+    """`icareus-bridge run` with a config file; its log goes to a file kept for failures. `env`:
+    extra environment (configuration overrides, secrets), as a deployment would set it."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+    def __init__(
+        self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.config = config
+        self.env = dict(env or {})
         self.workdir = workdir
         self.config_path = workdir / "bridge.yaml"
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -116,15 +126,21 @@ class Bridge:
     def start(self) -> Bridge:
         self.starts += 1
         log = (self.workdir / f"bridge-{self.starts}.log").open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
         self.proc = subprocess.Popen(
             [str(BRIDGE), "run", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=self.environment(),
         )
         log.close()
         return self
+
+    def environment(self) -> dict[str, str]:
+        """The bridge's environment (for its commands too): this one without its
+        `ICAREUS_BRIDGE__` overrides, plus `env`."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
+        env.update(self.env)
+        return env
 
     def wait_ready(self, timeout: float = WAIT_SECONDS) -> None:
         deadline = time.monotonic() + timeout
@@ -174,6 +190,29 @@ class Bridge:
 
 
 # --- CRM's side of Kafka ---------------------------------------------------------------------
+
+
+@contextmanager
+def running_simulator() -> Iterator[SimulatorHandle]:
+    """The Icareus simulator in a thread, configured as `bridge_config` configures the bridge
+    (key, organization, products); stopped on exit."""
+    cfg = bridge_config("unused:9092", "http://127.0.0.1:1/api")
+    handle = start_simulator_thread(SimulatorConfig.from_settings(Settings(**cfg)))
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@contextmanager
+def running_bridge(config: dict[str, Any], workdir: Path) -> Iterator[Bridge]:
+    """A bridge started and ready; stopped on exit (also when it never got ready)."""
+    process = Bridge(config, workdir)
+    try:
+        process.start().wait_ready()
+        yield process
+    finally:
+        process.stop_quietly()
 
 
 class Crm:

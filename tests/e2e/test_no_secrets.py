@@ -143,24 +143,7 @@ def simulator(tmp_path: Path, pki: dict[str, Path]) -> Iterator[Simulator]:
 
 
 class SecretBridge(Bridge):
-    """`icareus-bridge run` with the organization key from its key file only (no
-    ICAREUS_BRIDGE__ variable of the test's environment)."""
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
-        return env
-
-    def start(self) -> SecretBridge:
-        self.starts += 1
-        log = (self.workdir / f"bridge-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [str(BRIDGE), "run", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env(),
-        )
-        log.close()
-        return self
+    """`icareus-bridge run` with the organization key from its key file, and its commands."""
 
     def cli(self, *args: str, config: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [str(BRIDGE), *args] + (["--config", str(self.config_path)] if config else [])
@@ -169,7 +152,7 @@ class SecretBridge(Bridge):
             capture_output=True,
             text=True,
             timeout=120,
-            env=self.env(),
+            env=self.environment(),
             stdin=subprocess.DEVNULL,
         )
 
@@ -204,7 +187,9 @@ def bridge(
             },
         }
     )
-    process = SecretBridge(config, tmp_path)
+    process = SecretBridge(
+        config, tmp_path
+    )
     process.start().wait_ready()
     try:
         yield process

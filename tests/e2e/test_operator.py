@@ -20,7 +20,6 @@ retry budget comes from environment overrides, as an operator would set it)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -66,44 +65,20 @@ RETRY_BUDGET = {
 WAIT = 60.0
 
 
-class OperatorBridge(Bridge):
-    """`icareus-bridge run` with the operator's environment overrides on top of its file."""
-
-    def start(self) -> OperatorBridge:
-        self.starts += 1
-        log = (self.workdir / f"bridge-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [str(BRIDGE), "run", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=operator_env(),
-        )
-        log.close()
-        return self
-
-
-def operator_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
-    env.update(RETRY_BUDGET)
-    return env
-
-
 @pytest.fixture
-def bridge(
-    kafka_bootstrap: str, simulator: SimulatorHandle, tmp_path: Path
-) -> Iterator[OperatorBridge]:
+def bridge(kafka_bootstrap: str, simulator: SimulatorHandle, tmp_path: Path) -> Iterator[Bridge]:
     config = bridge_config(kafka_bootstrap, simulator.base_url)
     unique = uuid.uuid4().hex[:8]
     config["topics"]["replay_log"] = f"e2e-{unique}-replay-log"
     config["kafka"]["transactional_id_prefix"] = f"e2e-{unique}"
-    process = OperatorBridge(config, tmp_path)
+    process = Bridge(config, tmp_path, RETRY_BUDGET)
     process.start().wait_ready()
     yield process
     process.stop_quietly()
 
 
 @pytest.fixture
-def crm(kafka_bootstrap: str, bridge: OperatorBridge) -> Iterator[Crm]:
+def crm(kafka_bootstrap: str, bridge: Bridge) -> Iterator[Crm]:
     side = Crm(kafka_bootstrap, bridge.topics)
     yield side
     side.close()
@@ -120,7 +95,7 @@ def cli(bridge: Bridge, command: str, *args: str) -> subprocess.CompletedProcess
         capture_output=True,
         text=True,
         timeout=120,
-        env=operator_env(),
+        env=bridge.environment(),
         stdin=subprocess.DEVNULL,
     )
 
@@ -168,7 +143,7 @@ def wait_for(condition: Any, what: str, timeout: float = WAIT) -> None:
 
 
 def test_outage_replay_status_reset_and_archive_with_the_cli_alone(
-    bridge: OperatorBridge,
+    bridge: Bridge,
     crm: Crm,
     icareus: SimulatorAdmin,
     kafka_bootstrap: str,
@@ -184,7 +159,7 @@ def test_outage_replay_status_reset_and_archive_with_the_cli_alone(
 
 
 def _story(
-    bridge: OperatorBridge,
+    bridge: Bridge,
     crm: Crm,
     icareus: SimulatorAdmin,
     state: TopicReader,
@@ -244,7 +219,7 @@ def _story(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=operator_env(),
+        env=bridge.environment(),
     )
     try:
         assert proc.stdout is not None

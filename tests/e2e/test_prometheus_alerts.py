@@ -11,7 +11,6 @@ is clean on a scrape of the running bridge."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -98,28 +97,6 @@ def test_the_generated_rules_shorten_ranges_and_durations_only() -> None:
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-class EnvBridge(Bridge):
-    """The harness's bridge process, with configuration overrides in its environment."""
-
-    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str]) -> None:
-        super().__init__(config, workdir)
-        self.env = env
-
-    def start(self) -> EnvBridge:
-        self.starts += 1
-        log = (self.workdir / f"bridge-{self.starts}.log").open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
-        env.update(self.env)
-        self.proc = subprocess.Popen(
-            [str(BRIDGE), "run", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        log.close()
-        return self
 
 
 class Prometheus:
@@ -215,16 +192,14 @@ class Prometheus:
         return states
 
 
-def replay(bridge: EnvBridge) -> subprocess.CompletedProcess[str]:
+def replay(bridge: Bridge) -> subprocess.CompletedProcess[str]:
     """`icareus-bridge replay` with the bridge's configuration file and environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
-    env.update(bridge.env)
     return subprocess.run(
         [str(BRIDGE), "replay", "--config", str(bridge.config_path)],
         capture_output=True,
         text=True,
         timeout=120,
-        env=env,
+        env=bridge.environment(),
         stdin=subprocess.DEVNULL,
     )
 
@@ -246,13 +221,13 @@ def until(done: Callable[[], Any], what: str, detail: Callable[[], str] = lambda
 @pytest.fixture(scope="module")
 def watched(
     kafka_bootstrap: str, simulator: SimulatorHandle, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[EnvBridge]:
+) -> Iterator[Bridge]:
     workdir = tmp_path_factory.mktemp("watched-bridge")
     config = bridge_config(kafka_bootstrap, simulator.base_url)
     unique = config["planner"]["instance_id"].removeprefix("p-")
     config["topics"]["replay_log"] = f"e2e-{unique}-replay-log"
     config["kafka"]["transactional_id_prefix"] = f"e2e-{unique}"
-    process = EnvBridge(config, workdir, RETRY_ENV)
+    process = Bridge(config, workdir, RETRY_ENV)
     try:
         process.start().wait_ready()
         yield process
@@ -327,7 +302,7 @@ def test_promtool_finds_the_scrape_of_a_running_bridge_clean(
 
 
 def test_an_icareus_outage_fires_the_dead_letter_and_parked_key_alerts_and_replay_resolves_them(
-    watched: EnvBridge,
+    watched: Bridge,
     watched_crm: Crm,
     prometheus: Prometheus,
     icareus: SimulatorAdmin,

@@ -5,7 +5,6 @@ password or trusting another CA stops at start with exit 4 and a message naming 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -51,24 +50,8 @@ def secure_environment(broker: SecureKafka, **overrides: str) -> dict[str, str]:
 
 
 class SecureBridge(Bridge):
-    """`icareus-bridge run` as the harness starts it, plus environment overrides."""
-
-    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str]) -> None:
-        super().__init__(config, workdir)
-        self.env = env
-
-    def start(self) -> SecureBridge:
-        self.starts += 1
-        log = (self.workdir / f"bridge-{self.starts}.log").open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")}
-        self.proc = subprocess.Popen(
-            [str(BRIDGE), "run", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**env, **self.env},
-        )
-        log.close()
-        return self
+    """`icareus-bridge run` as the harness starts it (with its environment overrides), and its
+    log."""
 
     def output(self) -> str:
         return "\n".join(
@@ -174,9 +157,10 @@ def test_new_subscription_is_provisioned_over_sasl_ssl(
     assert raw and not [r for r in raw if password.encode() in r]
     assert password not in secure_bridge.metrics()
     cli_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ICAREUS_BRIDGE__")},
+        **secure_bridge.environment(),
         **secure_environment(secure_kafka, sasl_password=password),
     }
+    cli_env.pop(f"{ENV}SASL_PASSWORD_FILE", None)  # the password itself, not its file
     for args in (
         ["status", "--subscription", sub.id],
         ["replay", "--dry-run"],

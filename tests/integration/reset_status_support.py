@@ -18,14 +18,9 @@ import yaml
 
 from icareus_bridge.config import Settings
 from icareus_bridge.icareus.client import IcareusClient
-from icareus_bridge.icareus.simulator import (
-    SimulatorAdmin,
-    SimulatorConfig,
-    SimulatorHandle,
-    start_simulator_thread,
-)
+from icareus_bridge.icareus.simulator import SimulatorAdmin, SimulatorHandle
 from icareus_bridge.ops.state_lookup import KnownState, StateLookup, UnknownSubscription
-from tests.e2e.harness import BRIDGE, Bridge, Crm, bridge_config
+from tests.e2e.harness import BRIDGE, Bridge, Crm, bridge_config, running_bridge, running_simulator
 
 NO_FAULTS = {"latency_ms": 0, "jitter_ms": 0, "outage": False, "rates": {}, "script": []}
 PERSONAL = ("Maria", "Georgiou", "maria@example.org")
@@ -34,10 +29,8 @@ WAIT_SECONDS = 60.0
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[SimulatorHandle]:
-    cfg = bridge_config("unused:9092", "http://127.0.0.1:1/api")
-    handle = start_simulator_thread(SimulatorConfig.from_settings(Settings(**cfg)))
-    yield handle
-    handle.stop()
+    with running_simulator() as handle:
+        yield handle
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +46,8 @@ def bridge(
     kafka_bootstrap: str, simulator: SimulatorHandle, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Bridge]:
     workdir: Path = tmp_path_factory.mktemp("bridge")
-    process = Bridge(bridge_config(kafka_bootstrap, simulator.base_url), workdir)
-    try:
-        process.start().wait_ready()
+    with running_bridge(bridge_config(kafka_bootstrap, simulator.base_url), workdir) as process:
         yield process
-    finally:
-        process.stop_quietly()
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,13 @@ from icareus_bridge.core.model import ProvisioningRequest, RequestType
 from icareus_bridge.icareus.client import IcareusClient
 from icareus_bridge.pipeline.dead_letter import PARKED_BEHIND, REASON, REPLAY_COUNT
 from icareus_bridge.pipeline.parking import ParkedKey, encode_marker, marker_key
-from tests.integration.test_dispatcher import (
+from tests.integration.dispatcher_support import (
     CODEC,
     Rig,
     TopicReader,
     header,
     results_of,
-    rig,  # noqa: F401  (the fixture)
+    rig_fixture,  # noqa: F401  (the `rig` fixture)
 )
 
 pytestmark = pytest.mark.kafka
@@ -69,7 +69,7 @@ def send(to: Rig, req: ProvisioningRequest, *, replayed: bool = False) -> None:
 
 
 def test_a_parked_subscription_dead_letters_in_order_until_the_request_that_parked_it_is_back(
-    rig: Rig,  # noqa: F811
+    rig: Rig,
 ) -> None:
     first = request("sub-p", 0, RequestType.ADD_USER)
     parked = ParkedKey("sub-p", first.request_id, PARTITION, 1)
@@ -117,7 +117,7 @@ def test_a_parked_subscription_dead_letters_in_order_until_the_request_that_park
 
 
 def test_user_ids_come_from_icareus_and_what_icareus_lacks_is_not_called_for(
-    rig: Rig,  # noqa: F811
+    rig: Rig,
 ) -> None:
     async def register(external_id: str) -> str | None:
         async with IcareusClient(rig.settings.icareus) as client:

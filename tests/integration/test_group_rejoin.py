@@ -18,19 +18,15 @@ from typing import Any
 
 import pytest
 
-from icareus_bridge.config import Settings
 from icareus_bridge.core.model import SubscriptionState
-from icareus_bridge.icareus.simulator import (
-    SimulatorConfig,
-    SimulatorHandle,
-    start_simulator_thread,
-)
+from icareus_bridge.icareus.simulator import SimulatorHandle
 from tests.e2e.harness import (
     CODEC,
     WAIT_SECONDS,
     Bridge,
     CrmSubscription,
     bridge_config,
+    running_simulator,
     service,
 )
 from tests.integration.planner_support import produce_events, read_topic
@@ -40,10 +36,8 @@ pytestmark = pytest.mark.kafka
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[SimulatorHandle]:
-    cfg = bridge_config("unused:9092", "http://127.0.0.1:1/api")
-    handle = start_simulator_thread(SimulatorConfig.from_settings(Settings(**cfg)))
-    yield handle
-    handle.stop()
+    with running_simulator() as handle:
+        yield handle
 
 
 def renamed(config: dict[str, Any]) -> dict[str, Any]:

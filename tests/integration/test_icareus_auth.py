@@ -7,16 +7,13 @@ subscription parked; with the right key, the replayed dead letters complete."""
 
 from __future__ import annotations
 
-import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from pydantic import SecretStr
 
 from icareus_bridge.codec import Codec
@@ -39,10 +36,19 @@ from icareus_bridge.icareus.simulator import (
     SimulatorHandle,
     start_simulator_thread,
 )
-from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.metrics import Metrics
-from icareus_bridge.pipeline.dead_letter import PARKED_BEHIND, REPLAY_COUNT
-from icareus_bridge.pipeline.dispatcher import run_dispatcher
+from icareus_bridge.pipeline.dead_letter import PARKED_BEHIND
+from tests.integration.dispatcher_support import (
+    Dispatcher,
+    TopicReader,
+    abandon_dispatchers,
+    header,
+    metric,
+    put_back,
+    start_dispatcher,
+    stop_dispatchers,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -76,70 +82,8 @@ def new_subscriber(sub_id: str, version: int, products: list[str]) -> LifecycleE
     )
 
 
-class TopicReader:
-    """Reads a topic (committed records only) from its start, keeping what it has seen."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
-        )
-        self.consumer.subscribe([topic])
-        self.records: list[Any] = []
-
-    def until(self, done: Callable[[list[Any]], bool], timeout: float = WAIT_SECONDS) -> list[Any]:
-        deadline = time.monotonic() + timeout
-        while not done(self.records):
-            assert time.monotonic() < deadline, f"gave up waiting; have {len(self.records)}"
-            self.read(0.2)
-        return self.records
-
-    def read(self, timeout: float) -> None:
-        for msg in self.consumer.consume(num_messages=100, timeout=timeout):
-            if msg.error() is None:
-                self.records.append(msg)
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def header(msg: Any, name: str) -> str | None:
-    for k, v in msg.headers() or []:
-        if k == name:
-            return bytes(v).decode()
-    return None
-
-
 def auth_failures(metrics: Metrics) -> float:
-    found = re.search(rf"^{AUTH_METRIC} (\S+)$", metrics.render().decode(), re.MULTILINE)
-    assert found is not None, f"{AUTH_METRIC} is not exported"
-    return float(found.group(1))
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
-
-
-@dataclass
-class Dispatcher:
-    readiness: Readiness
-    metrics: Metrics
-    thread: threading.Thread
-    stop: threading.Event
-    errors: list[BaseException] = field(default_factory=list)
-
-    def icareus_check(self) -> dict[str, Any]:
-        default = {"ready": False, "detail": "not registered yet"}
-        check: dict[str, Any] = self.readiness.snapshot().get("icareus", default)
-        return check
+    return metric(metrics, AUTH_METRIC)
 
 
 @dataclass
@@ -154,28 +98,10 @@ class Rig:
     def start(self, key: str) -> Dispatcher:
         icareus = self.settings.icareus.model_copy(update={"key": SecretStr(key)})
         settings = self.settings.model_copy(update={"icareus": icareus})
-        readiness, metrics, stop = Readiness(), Metrics(), threading.Event()
-        errors: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                run_dispatcher(settings, metrics, readiness, stop)
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=target, name="dispatcher", daemon=True)
-        dispatcher = Dispatcher(readiness, metrics, thread, stop, errors)
-        self.running.append(dispatcher)
-        thread.start()
-        return dispatcher
+        return start_dispatcher(settings, self.running)
 
     def stop(self) -> None:
-        for d in self.running:
-            d.stop.set()
-            d.thread.join(timeout=30)
-            assert not d.thread.is_alive(), "dispatcher did not drain within its grace"
-            assert not d.errors, d.errors
-        self.running.clear()
+        stop_dispatchers(self.running)
 
     def crm(self, ev: LifecycleEvent) -> list[ProvisioningRequest]:
         """Plan the event as the planner would (all requests assumed to complete), publish."""
@@ -237,9 +163,7 @@ def rig(kafka_bootstrap: str, make_topic: Callable[..., str]) -> Iterator[Rig]:
     try:
         yield r
     finally:
-        for d in r.running:
-            d.stop.set()
-            d.thread.join(timeout=30)
+        abandon_dispatchers(r.running)
         r.admin.close()
         sim.stop()
 
@@ -292,15 +216,7 @@ def test_a_refused_signature_is_an_outage_of_the_bridge_not_a_rejection_for_crm(
     # their order as replay does, complete.
     fixed = rig.start(key=SIMULATOR_KEY)
     wait_for(lambda: fixed.icareus_check()["ready"], "Icareus readiness with the right key")
-    for msg in dead:
-        kept = [(k, v) for k, v in msg.headers() if not k.startswith("dlq.")]
-        rig.producer.produce(
-            rig.settings.topics.requests,
-            key=msg.key(),
-            value=msg.value(),
-            headers=[*kept, (REPLAY_COUNT, b"1")],
-        )
-    rig.producer.flush(10)
+    put_back(rig.producer, rig.settings.topics.requests, dead)
     done = results.until(lambda rs: len(rs) >= len(dead))
     rig.stop()
     got = [CODEC.decode_result(m.value()) for m in done]

@@ -11,7 +11,6 @@ import asyncio
 import re
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,17 +41,19 @@ from icareus_bridge.icareus.simulator import (
     start_simulator_process,
     start_simulator_thread,
 )
-from icareus_bridge.observability.http import Readiness
-from icareus_bridge.observability.metrics import Metrics
-from icareus_bridge.pipeline.dead_letter import PARKED_BEHIND, REPLAY_COUNT
-from icareus_bridge.pipeline.dispatcher import run_dispatcher
-from tests.integration.test_icareus_auth import (
+from icareus_bridge.pipeline.dead_letter import PARKED_BEHIND
+from tests.integration.dispatcher_support import (
     Dispatcher,
     TopicReader,
+    abandon_dispatchers,
     header,
-    new_subscriber,
+    metric,
+    put_back,
+    start_dispatcher,
+    stop_dispatchers,
     wait_for,
 )
+from tests.integration.test_icareus_auth import new_subscriber
 
 KEY = "https-organization-key"
 MAX_ATTEMPTS = 3
@@ -318,12 +319,6 @@ def test_tls_settings_that_cannot_work_stop_the_start_naming_the_key(
 # --- the dispatcher on a real broker --------------------------------------------------------
 
 
-def metric(metrics: Metrics, name: str) -> float:
-    found = re.search(rf"^{name} (\S+)$", metrics.render().decode(), re.MULTILINE)
-    assert found is not None, f"{name} is not exported"
-    return float(found.group(1))
-
-
 @dataclass
 class Rig:
     settings: Settings
@@ -335,28 +330,10 @@ class Rig:
     def start(self, ca_file: Path) -> Dispatcher:
         icareus = self.settings.icareus.model_copy(update={"ca_file": ca_file})
         settings = self.settings.model_copy(update={"icareus": icareus})
-        readiness, metrics, stop = Readiness(), Metrics(), threading.Event()
-        errors: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                run_dispatcher(settings, metrics, readiness, stop)
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=target, name="dispatcher", daemon=True)
-        dispatcher = Dispatcher(readiness, metrics, thread, stop, errors)
-        self.running.append(dispatcher)
-        thread.start()
-        return dispatcher
+        return start_dispatcher(settings, self.running)
 
     def stop(self) -> None:
-        for d in self.running:
-            d.stop.set()
-            d.thread.join(timeout=30)
-            assert not d.thread.is_alive(), "dispatcher did not drain within its grace"
-            assert not d.errors, d.errors
-        self.running.clear()
+        stop_dispatchers(self.running)
 
     def crm(self, sub_id: str, version: int, products: list[str]) -> list[ProvisioningRequest]:
         ev = new_subscriber(sub_id, version, products)
@@ -414,9 +391,7 @@ def rig(kafka_bootstrap: str, make_topic: Callable[..., str], pki: Pki) -> Itera
     try:
         yield r
     finally:
-        for d in r.running:
-            d.stop.set()
-            d.thread.join(timeout=30)
+        abandon_dispatchers(r.running)
         sim.stop()
 
 
@@ -468,15 +443,7 @@ def test_an_unverified_icareus_certificate_is_an_outage_of_the_bridge_not_a_reje
     # put back in their order as replay does, complete.
     fixed = rig.start(ca_file=pki.ca)
     wait_for(lambda: fixed.icareus_check()["ready"], "Icareus readiness with the right CA")
-    for msg in dead:
-        kept = [(k, v) for k, v in msg.headers() if not k.startswith("dlq.")]
-        rig.producer.produce(
-            rig.settings.topics.requests,
-            key=msg.key(),
-            value=msg.value(),
-            headers=[*kept, (REPLAY_COUNT, b"1")],
-        )
-    rig.producer.flush(10)
+    put_back(rig.producer, rig.settings.topics.requests, dead)
     done = results.until(lambda rs: len(rs) >= len(dead))
     rig.stop()
     got = [CODEC.decode_result(m.value()) for m in done]

@@ -14,13 +14,8 @@ from typing import Any
 
 import pytest
 
-from icareus_bridge.config import Settings
-from icareus_bridge.icareus.simulator import (
-    SimulatorConfig,
-    SimulatorHandle,
-    start_simulator_thread,
-)
-from tests.e2e.harness import Bridge, bridge_config, free_port
+from icareus_bridge.icareus.simulator import SimulatorHandle
+from tests.e2e.harness import Bridge, bridge_config, free_port, running_simulator
 from tests.integration.test_group_rejoin import provision_one_subscription
 
 pytestmark = pytest.mark.kafka
@@ -31,10 +26,8 @@ EXIT_FAILED = 1
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[SimulatorHandle]:
-    cfg = bridge_config("unused:9092", "http://127.0.0.1:1/api")
-    handle = start_simulator_thread(SimulatorConfig.from_settings(Settings(**cfg)))
-    yield handle
-    handle.stop()
+    with running_simulator() as handle:
+        yield handle
 
 
 def default_identity(config: dict[str, Any]) -> dict[str, Any]:

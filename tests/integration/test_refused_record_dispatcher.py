@@ -8,11 +8,9 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from confluent_kafka import Producer
 
 from icareus_bridge.config import Settings
-from icareus_bridge.icareus.simulator import SimulatorConfig, start_simulator_thread
-from tests.integration.test_dispatcher import (
+from tests.integration.dispatcher_support import (
     CODEC,
     Rig,
     TopicReader,
@@ -20,6 +18,7 @@ from tests.integration.test_dispatcher import (
     event,
     header,
     results_of,
+    running_rig,
     subscription,
     tv,
 )
@@ -59,20 +58,8 @@ def rig(
             "commit_interval_ms": 50,
         },
     )
-    sim = start_simulator_thread(SimulatorConfig.from_settings(base))
-    settings = base.model_copy(
-        update={"icareus": base.icareus.model_copy(update={"base_url": sim.base_url})}
-    )
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "partitioner": "murmur2_random"})
-    r = Rig(settings=settings, sim=sim, admin=sim.admin(), producer=producer)
-    try:
+    with running_rig(base) as r:
         yield r
-    finally:
-        for thread, stop in r.threads:
-            stop.set()
-            thread.join(timeout=30)
-        r.admin.close()
-        sim.stop()
 
 
 def test_a_result_over_the_topic_limit_is_dead_lettered_and_later_results_are_committed(

@@ -360,10 +360,7 @@ def main(args: argparse.Namespace) -> int:
         quiet_librdkafka()
         codec: Codec = args.codec or settings.archive.codec
         report = export(settings, args.out, args.older_than, codec, delete=args.delete)
-    except UsageError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ArchiveMismatch, TopicMissing) as exc:
+    except (UsageError, ArchiveMismatch, TopicMissing) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ArchiveDamaged as exc:

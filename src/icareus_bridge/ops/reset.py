@@ -8,9 +8,10 @@ subscription's turn: the planner forwards the event, the dispatcher reads what I
 (getUser per account), plans the difference with `plan` and runs it, and CRM gets the results as
 for any request (docs/PIPELINE.md, "Reset").
 
-`--dry-run` does the dispatcher's reading and planning here, with the same functions
-(`observed_state` + `plan`, the same account order), prints what Icareus holds against what it
-should hold and the requests a reset would send, and changes nothing."""
+`--dry-run` does the dispatcher's reading and planning here, with the same code
+(`pipeline.reset_plan`: the same account order, `observed_state` + `plan`), prints what
+Icareus holds against what it should hold and the requests a reset would send, and changes
+nothing."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from typing import Any, TextIO
 
 from icareus_bridge.codec import Codec
 from icareus_bridge.config import Settings, load_settings
-from icareus_bridge.core.feedback import observed_state
 from icareus_bridge.core.model import (
     AccountState,
     Action,
@@ -37,7 +37,6 @@ from icareus_bridge.core.model import (
     RequestType,
     sorted_products,
 )
-from icareus_bridge.core.plan import account_key, plan
 from icareus_bridge.icareus.client import IcareusClient
 from icareus_bridge.icareus.errors import IcareusError
 from icareus_bridge.kafka.clients import idempotent_producer, quiet_librdkafka
@@ -47,7 +46,7 @@ from icareus_bridge.ops.state_lookup import (
     StateLookup,
     UnknownSubscription,
 )
-from icareus_bridge.pipeline.dispatcher import _reset_order as reset_order
+from icareus_bridge.pipeline import reset_plan
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -101,32 +100,15 @@ async def observe(
     client: IcareusClient, event: LifecycleEvent, settings: Settings
 ) -> dict[str, AccountState]:
     """What Icareus holds for every account the subscription can have, read as the dispatcher
-    reads it for a reset (getUser by account key, distributors in viewing-point order)."""
-    sub = event.subscription
-    observed: dict[str, AccountState] = {}
-    for distributor in reset_order(sub, [d.code for d in settings.provider.distributors]):
-        key = account_key(sub.number, distributor)
-        found = await client.get_user(external_id=key)
-        if found.user is None:
-            continue
-        user = found.user
-        observed[distributor] = AccountState(
-            distributor=distributor,
-            account_key=key,
-            registered=True,
-            user_id=user.user_id,
-            products=frozenset(user.products),
-            devices=dict(user.devices),
-        )
-    return observed
+    reads it for a reset (`pipeline.reset_plan.observe`)."""
+    return await reset_plan.observe(client, event.subscription, settings.provider)
 
 
 def plan_reset(
     event: LifecycleEvent, observed: Iterable[AccountState], settings: Settings
 ) -> Decision:
-    """The dispatcher's reset plan (pipeline/dispatcher.py `_reset`)."""
-    sub = event.subscription
-    return plan(observed_state(None, sub.id, sub.number, observed), event, settings.provider)
+    """The dispatcher's reset plan (`pipeline.reset_plan.plan_reset`)."""
+    return reset_plan.plan_reset(event, observed, settings.provider)
 
 
 async def preview(client: IcareusClient, known: KnownState, settings: Settings) -> Preview:

@@ -21,18 +21,15 @@ from typing import Any, Protocol, cast
 
 from icareus_bridge.codec import Codec, DecodeError, DecodeReason
 from icareus_bridge.config import Settings
-from icareus_bridge.core.feedback import observed_state, rejection_result
+from icareus_bridge.core.feedback import rejection_result
 from icareus_bridge.core.model import (
-    AccountState,
     ActionCode,
     LifecycleEvent,
     ProvisioningRequest,
     ProvisioningResult,
     RejectionCode,
     RequestType,
-    Subscription,
 )
-from icareus_bridge.core.plan import account_key, plan
 from icareus_bridge.icareus.client import CallResult, IcareusClient
 from icareus_bridge.icareus.errors import (
     AuthIcareusError,
@@ -59,7 +56,7 @@ from icareus_bridge.kafka.identity import resolve_instance_id
 from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.logging import get_logger, request_fields
 from icareus_bridge.observability.metrics import Metrics
-from icareus_bridge.pipeline import outcomes
+from icareus_bridge.pipeline import outcomes, reset_plan
 from icareus_bridge.pipeline.accounts import AccountOutcomes
 from icareus_bridge.pipeline.dead_letter import (
     Origin,
@@ -666,32 +663,18 @@ class Dispatcher:
         subscription can have, plan the event against that, and run the plan here, in the
         subscription's turn (after every earlier request of it)."""
         assert self._client is not None
-        sub = event.subscription
-        observed: dict[str, AccountState] = {}
         try:
-            for distributor in _reset_order(
-                sub, [d.code for d in self.settings.provider.distributors]
-            ):
-                key = account_key(sub.number, distributor)
-                found = await self._client.get_user(external_id=key)
-                if found.user is None:
-                    continue
-                user = found.user
-                observed[distributor] = AccountState(
-                    distributor=distributor,
-                    account_key=key,
-                    registered=True,
-                    user_id=user.user_id,
-                    products=frozenset(user.products),
-                    devices=dict(user.devices),
-                )
-                self.accounts.registered(key, user.user_id)
+            observed = await reset_plan.observe(
+                self._client,
+                event.subscription,
+                self.settings.provider,
+                found=self.accounts.registered,
+            )
         except AuthIcareusError as exc:
             raise GaveUp(_auth_reason(exc), exc) from exc
         except IcareusError as exc:
             raise GaveUp(REASON_RETRIES_EXHAUSTED, exc) from exc
-        state = observed_state(None, sub.id, sub.number, observed.values())
-        decision = plan(state, event, self.settings.provider)
+        decision = reset_plan.plan_reset(event, observed.values(), self.settings.provider)
         now = self.clock_ms()
         results.extend(rejection_result(r, event, executed_at=now) for r in decision.rejections)
         for request in decision.requests:
@@ -920,16 +903,6 @@ def _item_fields(item: WorkItem) -> dict[str, object]:
         fields.update(request_fields(item.reset))
     fields.setdefault("request_id", item.record_id)
     return fields
-
-
-def _reset_order(sub: Subscription, configured: list[str]) -> list[str]:
-    """Icareus distributors in viewing-point order: first appearance in the subscription, then
-    the other configured ones (an account CRM no longer mentions may still exist)."""
-    order: list[str] = []
-    for d in [s.distributor for s in sub.services] + [i.distributor for i in sub.installed_items]:
-        if d is not None and d in configured and d not in order:
-            order.append(d)
-    return order + [d for d in configured if d not in order]
 
 
 def run_dispatcher(
