@@ -447,14 +447,14 @@ class Checkpoint:
 
     def _abandon(self, stall: _Stalled) -> None:
         """A call outlived its watchdog: new producer, rewind, raise `TransactionStalled`."""
-        reason = self._replace_stalled(stall)
+        reason = self._replace_stalled(f"transaction stalled: {stall}")
         self.rewind()
         raise TransactionStalled(reason) from stall
 
-    def _replace_stalled(self, stall: _Stalled) -> str:
+    def _replace_stalled(self, why: str) -> str:
         """Leave the producer to its blocked thread and take a new one with the same
         transactional id (its init_transactions aborts what the stuck one left open)."""
-        reason = f"transaction stalled: {stall}; producer replaced, batch read again"
+        reason = f"{why}; producer replaced, batch read again"
         if self.on_stall is not None:
             self.on_stall(reason)
         stuck = self.producer
@@ -472,7 +472,7 @@ class Checkpoint:
                 if err is not None and err.fatal():
                     break
         self.rewind()
-        raise TransactionFatal(f"no new producer after a stalled {stall.what}: {last}")
+        raise TransactionFatal(f"no new producer after: {why}: {last}")
 
     def _send_offsets(self) -> None:
         if self._next_offsets:
@@ -593,8 +593,9 @@ class Checkpoint:
         raise TransactionAborted(f"transaction aborted: {err or exc}") from exc
 
     def abort(self) -> None:
-        """Abort the open transaction, if any (nothing of it becomes visible). A stalled abort
-        replaces `producer` (read it again afterwards)."""
+        """Abort the open transaction, if any (nothing of it becomes visible). An abort that
+        stalls or fails without a fatal error (given a `new_producer`) replaces `producer`
+        (read it again afterwards); a fatal one (fenced) raises `TransactionFatal`."""
         if self._in_transaction:
             producer = self.producer
             try:
@@ -604,11 +605,14 @@ class Checkpoint:
                 )
             except _Stalled as stall:
                 # Replaced: the new producer's init_transactions aborts the transaction.
-                self._replace_stalled(stall)
+                self._replace_stalled(f"transaction stalled: {stall}")
                 return
             except KafkaException as exc:
                 err = _kafka_error(exc)
                 self._in_transaction = False
+                if self.new_producer is not None and err is not None and not err.fatal():
+                    self._replace_stalled(f"abort failed: {err}")
+                    return
                 raise TransactionFatal(f"abort failed: {err or exc}") from exc
             self._in_transaction = False
 
