@@ -224,13 +224,6 @@ def test_broker_frozen_mid_stream_bridge_recovers_by_itself_nothing_lost(
     print(figures)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: after the broker is stopped and started again, the planner's and the "
-    "dispatcher's send_offsets_to_transaction() block past their 30 s timeout (librdkafka "
-    "2.16.0, cf. confluentinc/librdkafka#5511) and /readyz stays true; nothing is committed "
-    "again until the process is restarted",
-)
 def test_broker_stopped_mid_stream_and_started_on_its_data_bridge_recovers_by_itself(
     broker: local_kafka.LocalKafka, stack: Stack, drill_size: str
 ) -> None:

@@ -1,10 +1,12 @@
 """The Checkpoint against the real broker: a batch's output, its last state write per key and
 its offsets become visible together; offsets alone are committed too; an abortable failure
 aborts and the batch is read again; a fenced producer fails fatally and the batch is read
-again."""
+again; a transactional call that outlives its watchdog gets its producer replaced and the batch
+read again."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -20,6 +22,8 @@ from icareus_bridge.kafka.checkpoint import (
     OutboundRecord,
     TransactionAborted,
     TransactionFatal,
+    TransactionStalled,
+    is_abandoned,
 )
 
 pytestmark = pytest.mark.kafka
@@ -204,3 +208,64 @@ def test_a_fenced_producer_fails_fatally_and_the_batch_is_read_again(
     assert [m.offset() for m in again] == [0, 1]
     assert _read_committed(kafka_bootstrap, sink, 1) == []
     assert _committed(kafka_bootstrap, group, source, 0) < 0
+
+
+class _HangingProducer(Producer):  # type: ignore[misc]
+    """A real transactional producer whose send_offsets_to_transaction() blocks until released
+    before calling into librdkafka: the hang librdkafka 2.16 shows after a broker restart."""
+
+    def __init__(self, conf: dict[str, Any], release: threading.Event) -> None:
+        super().__init__(conf)
+        self.release = release
+
+    def send_offsets_to_transaction(self, *args: Any) -> None:
+        self.release.wait(120)
+        super().send_offsets_to_transaction(*args)
+
+
+def test_a_stalled_transactional_call_replaces_the_producer_and_the_batch_is_read_again(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    source, sink = make_topic("cp-in"), make_topic("cp-out")
+    state = make_topic("cp-state", compacted=True)
+    group, tid = _unique("cp"), _unique("cp-tx")
+    _fill(kafka_bootstrap, source, 0, [b"e0", b"e1"])
+    consumer = _group_consumer(kafka_bootstrap, group)
+    release = threading.Event()
+    stuck = _HangingProducer(
+        {"bootstrap.servers": kafka_bootstrap, "transactional.id": tid}, release
+    )
+    stuck.init_transactions(30)
+    stalls: list[str] = []
+    try:
+        cp = Checkpoint(
+            stuck,
+            consumer,
+            state,
+            new_producer=lambda: clients.transactional_producer(_kafka(kafka_bootstrap), tid),
+            on_stall=stalls.append,
+            commit_timeout=2.0,
+            stall_grace=1.0,
+        )
+        for msg in _consume(consumer, source, 2):
+            cp.produce(OutboundRecord(sink, b"a", msg.value(), partition=0))
+            cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
+        started = time.monotonic()
+        with pytest.raises(TransactionStalled):
+            cp.commit()
+        assert time.monotonic() - started < 30  # the watchdog, not the hang, ended the call
+        assert len(stalls) == 1 and "send_offsets_to_transaction" in stalls[0]
+        assert cp.producer is not stuck and is_abandoned(stuck)
+        again = _consume(consumer, source, 2)
+        # The replacement commits the batch read again; the stuck one's records never show.
+        cp = Checkpoint(cp.producer, consumer, state)
+        for msg in again:
+            cp.produce(OutboundRecord(sink, b"a", msg.value(), partition=0))
+            cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
+        cp.commit()
+    finally:
+        release.set()  # the stuck call goes on into librdkafka, fenced by the replacement
+        consumer.close()
+    assert [m.offset() for m in again] == [0, 1]
+    assert _read_committed(kafka_bootstrap, sink, 1) == [(0, b"a", b"e0"), (0, b"a", b"e1")]
+    assert _committed(kafka_bootstrap, group, source, 0) == 2

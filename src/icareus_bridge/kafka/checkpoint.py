@@ -15,11 +15,25 @@ same transactional id: `init_transactions` fences the old one and starts with a 
 fresh sequences, KIP-360) and, given a `DeadLetterRoute`, runs the batch again with each refused
 record replaced by a dead letter naming it (reason RECORD_TOO_LARGE or RECORD_INVALID); a dead
 letter refused in turn is sent truncated (no value, key cut to 1 KiB), still naming the record.
+
+Stalled calls. With a `new_producer`, the calls that wait on the transaction coordinator
+(`send_offsets_to_transaction`, `commit_transaction`, `abort_transaction`) run on a worker
+thread under a watchdog: `commit_timeout` plus `STALL_GRACE` seconds. librdkafka 2.16 can block
+in them far past their own timeout after the broker was stopped and started again (its cached
+group coordinator is never looked up again, cf. confluentinc/librdkafka#5511). When a call
+outlives the watchdog, the producer is abandoned (never called into again, never closed: its
+thread may stay blocked), `on_stall` is told why, a new producer with the same transactional id
+is made (`init_transactions` fences the stuck one and aborts its open transaction), the
+consumer is rewound and `TransactionStalled` (a `TransactionAborted`) is raised: the stage
+reads the batch again, as after any abort. A producer found in an erroneous state when a record
+is produced (`_STATE`, e.g. after a broker freeze made the transaction fail in flight) is handled
+like a refusal in flight: the producer is replaced and the batch run again at commit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +57,13 @@ REFUSALS: dict[int, str] = {
 }
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 MAX_RECOVERY_ATTEMPTS = 20
+# Seconds a transactional call may run past its own timeout before its producer is abandoned.
+STALL_GRACE = 5.0
+# Attempts at a replacement producer after a stall (each init_transactions waits up to 60 s).
+STALL_REPLACE_ATTEMPTS = 5
+# Abandoned producers stay referenced: destroying one whose call is still blocked could block
+# whichever thread drops the last reference.
+_ABANDONED: list[Producer] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +127,24 @@ class TransactionAborted(Exception):
     the stage must drop what it derived from the batch (its pending state) and read again."""
 
 
+def is_abandoned(producer: object) -> bool:
+    """True for a producer abandoned after a stalled call (its errors are its fencing)."""
+    return any(producer is p for p in _ABANDONED)
+
+
+class TransactionStalled(TransactionAborted):
+    """A transactional call outlived its watchdog; its producer was abandoned and replaced, the
+    consumer rewound (see "Stalled calls" in the module doc)."""
+
+
+class _Stalled(Exception):
+    """Raised by the watchdog inside `commit()`; never leaves the checkpoint."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        super().__init__(f"{what} did not return within {seconds:.0f} s")
+        self.what = what
+
+
 class TransactionFatal(Exception):
     """The producer can no longer be used (fenced by a newer instance, or a fatal error);
     the consumer was rewound. The stage must build a new producer (or stop)."""
@@ -137,6 +176,9 @@ class Checkpoint:
     max_records: int = 500
     max_seconds: float = 0.1
     commit_timeout: float = 30.0
+    # Told (with the reason) when a transactional call outlived its watchdog.
+    on_stall: Callable[[str], None] | None = None
+    stall_grace: float = STALL_GRACE
     clock: Callable[[], float] = time.monotonic
     wall_clock_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
     _started_at: float | None = field(default=None, init=False)
@@ -166,21 +208,21 @@ class Checkpoint:
         """Produce inside this checkpoint's transaction (begun on the first record). A record
         the client itself refuses (over its `message.max.bytes`) becomes a dead letter at once
         when there is a route; without one the KafkaException is raised."""
-        if not self._in_transaction:
-            self._begin()
         index = len(self._outputs)
         self._outputs.append(record)
         self._produced += 1
         if self._failed is not None:
             return  # the transaction already failed; kept for the run after recovery
         try:
+            self._begin()
             self._send_output(index)
         except KafkaException as exc:
             err = _kafka_error(exc)
             if err is None or err.code() != KafkaError._STATE or self.new_producer is None:
                 raise
-            # An earlier record of this transaction was refused in flight: the transaction
-            # can only be aborted now. commit() finds out which one (see the module doc).
+            # An earlier record of this transaction was refused in flight, or the transaction
+            # failed in flight (a broker frozen past the session timeout): it can only be
+            # aborted now. commit() replaces the producer and runs the batch again.
             self._failed = exc
 
     def _send_output(self, index: int, on_delivery: Callable[..., None] | None = None) -> None:
@@ -342,6 +384,21 @@ class Checkpoint:
         if self.empty:
             return CommitStats(0, 0, 0, 0.0)
         try:
+            self._commit_steps()
+        except _Stalled as stall:
+            self._abandon(stall)
+        stats = CommitStats(
+            input_records=self._records,
+            produced=self._produced,
+            state_writes=len(self._state),
+            seconds=time.monotonic() - started,
+            refused=tuple(self._refused[i] for i in sorted(self._refused)),
+        )
+        self._in_transaction = False
+        return stats
+
+    def _commit_steps(self) -> None:
+        try:
             self._begin()  # 1
             encode = self.encode_state
             for partition, key, write in self.state_writes():  # 2
@@ -363,15 +420,59 @@ class Checkpoint:
             if not self._refused_by_broker(exc):
                 self._fail(exc)
             self._recover(exc)
-        stats = CommitStats(
-            input_records=self._records,
-            produced=self._produced,
-            state_writes=len(self._state),
-            seconds=time.monotonic() - started,
-            refused=tuple(self._refused[i] for i in sorted(self._refused)),
-        )
+
+    def _guarded(self, what: str, call: Callable[[], None]) -> None:
+        """Run a transactional call under the watchdog (see "Stalled calls"); without a
+        `new_producer` there is nothing to replace the producer with: called directly."""
+        if self.new_producer is None:
+            call()
+            return
+        failure: list[BaseException] = []
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                call()
+            except BaseException as exc:  # handed to the caller's thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        deadline = self.commit_timeout + self.stall_grace
+        threading.Thread(target=work, name=f"txn-{what}", daemon=True).start()
+        if not done.wait(deadline):
+            raise _Stalled(what, deadline)
+        if failure:
+            raise failure[0]
+
+    def _abandon(self, stall: _Stalled) -> None:
+        """A call outlived its watchdog: new producer, rewind, raise `TransactionStalled`."""
+        reason = self._replace_stalled(f"transaction stalled: {stall}")
+        self.rewind()
+        raise TransactionStalled(reason) from stall
+
+    def _replace_stalled(self, why: str) -> str:
+        """Leave the producer to its blocked thread and take a new one with the same
+        transactional id (its init_transactions aborts what the stuck one left open)."""
+        reason = f"{why}; producer replaced, batch read again"
+        if self.on_stall is not None:
+            self.on_stall(reason)
+        stuck = self.producer
+        _ABANDONED.append(stuck)
         self._in_transaction = False
-        return stats
+        assert self.new_producer is not None
+        last: KafkaException | None = None
+        for _attempt in range(STALL_REPLACE_ATTEMPTS):
+            try:
+                self.producer = self.new_producer()
+                return reason
+            except KafkaException as exc:
+                last = exc
+                err = _kafka_error(exc)
+                if err is not None and err.fatal():
+                    break
+        self.rewind()
+        raise TransactionFatal(f"no new producer after: {why}: {last}")
 
     def _send_offsets(self) -> None:
         if self._next_offsets:
@@ -381,8 +482,13 @@ class Checkpoint:
                 else TopicPartition(t, p, o)
                 for (t, p), o in self._next_offsets.items()
             ]
-            self.producer.send_offsets_to_transaction(
-                offsets, self.consumer.consumer_group_metadata(), self.commit_timeout
+            metadata = self.consumer.consumer_group_metadata()
+            producer = self.producer
+            self._guarded(
+                "send_offsets_to_transaction",
+                lambda: producer.send_offsets_to_transaction(
+                    offsets, metadata, self.commit_timeout
+                ),
             )
 
     def _refused_by_broker(self, exc: KafkaException) -> bool:
@@ -401,8 +507,12 @@ class Checkpoint:
         assert self.new_producer is not None
         if self._in_transaction:
             # Replaced below anyway; its init_transactions aborts whatever is left open.
+            producer = self.producer
             with contextlib.suppress(KafkaException):
-                self.producer.abort_transaction(self.commit_timeout)
+                self._guarded(
+                    "abort_transaction",
+                    lambda: producer.abort_transaction(self.commit_timeout),
+                )
             self._in_transaction = False
         try:
             self.producer = self.new_producer()
@@ -458,9 +568,13 @@ class Checkpoint:
 
     def _commit_transaction(self) -> None:
         attempts = 0
+        producer = self.producer
         while True:
             try:
-                self.producer.commit_transaction(self.commit_timeout)
+                self._guarded(
+                    "commit_transaction",
+                    lambda: producer.commit_transaction(self.commit_timeout),
+                )
                 return
             except KafkaException as exc:
                 err = _kafka_error(exc)
@@ -479,13 +593,26 @@ class Checkpoint:
         raise TransactionAborted(f"transaction aborted: {err or exc}") from exc
 
     def abort(self) -> None:
-        """Abort the open transaction, if any (nothing of it becomes visible)."""
+        """Abort the open transaction, if any (nothing of it becomes visible). An abort that
+        stalls or fails without a fatal error (given a `new_producer`) replaces `producer`
+        (read it again afterwards); a fatal one (fenced) raises `TransactionFatal`."""
         if self._in_transaction:
+            producer = self.producer
             try:
-                self.producer.abort_transaction(self.commit_timeout)
+                self._guarded(
+                    "abort_transaction",
+                    lambda: producer.abort_transaction(self.commit_timeout),
+                )
+            except _Stalled as stall:
+                # Replaced: the new producer's init_transactions aborts the transaction.
+                self._replace_stalled(f"transaction stalled: {stall}")
+                return
             except KafkaException as exc:
                 err = _kafka_error(exc)
                 self._in_transaction = False
+                if self.new_producer is not None and err is not None and not err.fatal():
+                    self._replace_stalled(f"abort failed: {err}")
+                    return
                 raise TransactionFatal(f"abort failed: {err or exc}") from exc
             self._in_transaction = False
 

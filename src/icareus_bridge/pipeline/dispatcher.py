@@ -44,6 +44,7 @@ from icareus_bridge.kafka.checkpoint import (
     OutboundRecord,
     TransactionAborted,
     TransactionFatal,
+    TransactionStalled,
 )
 from icareus_bridge.kafka.clients import FatalClientError, transactional_id
 from icareus_bridge.kafka.dispatch import (
@@ -197,6 +198,7 @@ class Dispatcher:
         self._last_commit: dict[int, tuple[int, str]] = {}
         self._paused = False
         self._failure: BaseException | None = None
+        self._stalled = False  # not ready since a stalled transactional call, until a commit
         self._consumer: RequestsConsumer | None = None
         self._tx: DispatchTransactions | None = None
         self._client: IcareusClient | None = None
@@ -850,7 +852,13 @@ class Dispatcher:
             stats = await asyncio.wrap_future(future)
         except TransactionAborted as exc:
             self.metrics.transactions.labels(ROLE, "aborted").inc()
-            self.log.warning("transaction aborted", error=str(exc))
+            if isinstance(exc, TransactionStalled):
+                # The producer was replaced; not ready until a transaction commits again.
+                self._stalled = True
+                self.readiness.set(READINESS_CHECK, False, str(exc))
+                self.log.error("transactional call stalled", reason=str(exc))
+            else:
+                self.log.warning("transaction aborted", error=str(exc))
             still_ours = [p for p, g in batch.generations.items() if self._generations.get(p) == g]
             self._rewind(still_ours)
             return
@@ -871,6 +879,10 @@ class Dispatcher:
 
     def _committed(self, batch: _Batch, seconds: float) -> None:
         self.metrics.transactions.labels(ROLE, "committed").inc()
+        if self._stalled:
+            self._stalled = False
+            self.readiness.set(READINESS_CHECK, True, f"{len(self._generations)} partitions")
+            self.log.info("transactions commit again")
         self.metrics.transaction_seconds.labels(ROLE).observe(seconds)
         self.metrics.transaction_events.labels(ROLE).observe(len(batch.records))
         assert self._consumer is not None

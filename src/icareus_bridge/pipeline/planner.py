@@ -37,6 +37,7 @@ from icareus_bridge.kafka.checkpoint import (
     OutboundRecord,
     TransactionAborted,
     TransactionFatal,
+    is_abandoned,
 )
 from icareus_bridge.kafka.identity import resolve_instance_id
 from icareus_bridge.observability.http import Readiness
@@ -328,9 +329,19 @@ class Planner:
         return clients.transactional_id(self.settings.kafka, ROLE, self.instance_id)
 
     def _new_producer(self) -> Any:
-        return clients.transactional_producer(
-            self.settings.kafka, self.transactional_id, error_cb=self._on_client_error
+        made: list[Any] = []
+
+        def on_error(err: Any) -> None:
+            # A producer abandoned after a stalled call is fenced by its replacement: not ours.
+            if not (made and is_abandoned(made[0])):
+                self._on_client_error(err)
+
+        made.append(
+            clients.transactional_producer(
+                self.settings.kafka, self.transactional_id, error_cb=on_error
+            )
         )
+        return made[0]
 
     def _fatal_error(self, err: Any) -> clients.FatalClientError:
         return clients.FatalClientError(ROLE, self.instance_id, self.transactional_id, err)
@@ -364,9 +375,17 @@ class Planner:
             encode_state=self.logic.codec.encode_state,
             dead_letters=DeadLetterRoute(self.topics.dlq, "plan", p.group_id),
             new_producer=self._new_producer,
+            on_stall=self._transaction_stalled,
             max_records=p.batch_max_events,
             max_seconds=p.batch_max_ms / 1000.0,
         )
+
+    def _transaction_stalled(self, reason: str) -> None:
+        """A transactional call outlived its watchdog (the checkpoint replaces the producer):
+        not ready until the cluster answers a metadata call again (see `_check_brokers`)."""
+        self.log.error("transactional call stalled", reason=reason)
+        self._brokers_down = True
+        self.readiness.set(READINESS_CHECK, False, reason)
 
     # --- rebalance ----------------------------------------------------------------------
 
@@ -453,6 +472,7 @@ class Planner:
                 self._checkpoint.abort()
             except TransactionFatal as exc:
                 self._fatal = self._fatal or self._fatal_error(exc)
+            self._producer = self._checkpoint.producer  # replaced after a stalled abort
             self._checkpoint = self._new_checkpoint()
         for tp in partitions:
             self.store.drop(tp.partition)
