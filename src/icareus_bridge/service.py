@@ -147,8 +147,9 @@ def _serve(settings: Settings, roles: list[_Role], role_arg: str, log: Any) -> i
     """Everything after the ids are claimed: HTTP, the broker wait, topics, the roles."""
     metrics = Metrics()
     readiness = Readiness()
-    bootstrap = settings.kafka.bootstrap_servers
-    readiness.register(STARTUP_CHECK, f"waiting for the Kafka broker at {bootstrap}")
+    readiness.register(
+        STARTUP_CHECK, f"waiting for the Kafka broker at {settings.kafka.bootstrap_servers}"
+    )
     for role in roles:  # each role's own check (named after it) is false until it says ready
         readiness.register(role.name, "waiting for partitions")
     try:
@@ -162,34 +163,47 @@ def _serve(settings: Settings, roles: list[_Role], role_arg: str, log: Any) -> i
 
     stop = threading.Event()
     _install_signal_handlers(stop, log)
+    try:
+        ready = _broker_and_topics(settings, readiness, stop, log)
+    except StartupError as exc:
+        server.stop()
+        log.error("start-up refused", error=str(exc))
+        print(f"icareus-bridge run: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    if not ready:
+        server.stop()
+        log.info("stopped before the broker answered")
+        return EXIT_OK
+    tune_gc()
+    _run_roles(settings, roles, metrics, readiness, stop, log)
+    server.stop()
+    return _exit_code(roles, log)
 
+
+def _broker_and_topics(
+    settings: Settings, readiness: Readiness, stop: threading.Event, log: Any
+) -> bool:
+    """Wait for the broker (False: stopped before it answered), then set up the topics."""
+    bootstrap = settings.kafka.bootstrap_servers
     limit = settings.kafka.startup_wait_seconds
     log.info(
         "waiting for the Kafka broker",
         bootstrap_servers=bootstrap,
         wait_limit_seconds=limit if limit > 0 else "none",
     )
-    try:
-        if not wait_for_broker(
-            settings.kafka,
-            stop,
-            on_wait=lambda waited, error: log.warning(
-                "still waiting for the Kafka broker",
-                bootstrap_servers=bootstrap,
-                waited_seconds=round(waited),
-                error=error,
-            ),
-        ):
-            server.stop()
-            log.info("stopped before the broker answered")
-            return EXIT_OK
-        readiness.set(STARTUP_CHECK, False, "setting up topics")
-        reports = ensure_topics(settings.kafka, settings.topics)
-    except StartupError as exc:
-        server.stop()
-        log.error("start-up refused", error=str(exc))
-        print(f"icareus-bridge run: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
+    if not wait_for_broker(
+        settings.kafka,
+        stop,
+        on_wait=lambda waited, error: log.warning(
+            "still waiting for the Kafka broker",
+            bootstrap_servers=bootstrap,
+            waited_seconds=round(waited),
+            error=error,
+        ),
+    ):
+        return False
+    readiness.set(STARTUP_CHECK, False, "setting up topics")
+    reports = ensure_topics(settings.kafka, settings.topics)
     log.info("kafka broker answered", bootstrap_servers=bootstrap)
     for r in reports:
         log.info(
@@ -200,8 +214,18 @@ def _serve(settings: Settings, roles: list[_Role], role_arg: str, log: Any) -> i
             cleanup_policy=r.cleanup_policy,
         )
     readiness.set(STARTUP_CHECK, True, "broker reached, topics ready")
-    tune_gc()
+    return True
 
+
+def _run_roles(
+    settings: Settings,
+    roles: list[_Role],
+    metrics: Metrics,
+    readiness: Readiness,
+    stop: threading.Event,
+    log: Any,
+) -> None:
+    """Each role in its own thread; a failing role stops the others. Returns when all ended."""
     for role in roles:
 
         def body(r: _Role = role) -> None:
@@ -220,7 +244,9 @@ def _serve(settings: Settings, roles: list[_Role], role_arg: str, log: Any) -> i
         for x in roles:
             if x.thread is not None:
                 x.thread.join(timeout=0.2)
-    server.stop()
+
+
+def _exit_code(roles: list[_Role], log: Any) -> int:
     failed = [x.name for x in roles if x.error is not None]
     if failed:
         for x in roles:

@@ -208,6 +208,14 @@ class Metrics:
         self.build_info.info({"version": __version__, "python_version": platform.python_version()})
         ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open fds
         PlatformCollector(registry=r)  # python_info
+        self._planner_metrics(r)
+        self._dispatcher_metrics(r)
+        self._shared_metrics(r)
+        r.register(_ScrapeTimeCollector(self))
+        self._initialise_known_series()
+
+    def _planner_metrics(self, r: CollectorRegistry) -> None:
+        """The planner's metrics (and the transactions and state of both stages)."""
         # --- planner ---------------------------------------------------------------------
         self.events = Counter(
             "icareus_bridge_events",
@@ -272,6 +280,9 @@ class Metrics:
             "Subscriptions held in the local state store (all assigned partitions).",
             registry=r,
         )
+
+    def _dispatcher_metrics(self, r: CollectorRegistry) -> None:
+        """The dispatcher's metrics: results, Icareus calls, parking, latency."""
         # --- dispatcher ------------------------------------------------------------------
         self.results = Counter(
             "icareus_bridge_results",
@@ -338,6 +349,9 @@ class Metrics:
             buckets=_E2E_BUCKETS,
             registry=r,
         )
+
+    def _shared_metrics(self, r: CollectorRegistry) -> None:
+        """Metrics both stages update."""
         # --- shared ----------------------------------------------------------------------
         self.dead_letters = Counter(
             "icareus_bridge_dead_letters",
@@ -351,8 +365,6 @@ class Metrics:
             ["group", "topic", "partition"],
             registry=r,
         )
-        r.register(_ScrapeTimeCollector(self))
-        self._initialise_known_series()
 
     def _initialise_known_series(self) -> None:
         types = [t.value for t in RequestType]
