@@ -97,6 +97,9 @@ def _config_file(text: str) -> Path:
     return path
 
 
+_Command = Callable[[str, str], argparse.ArgumentParser]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="icareus-bridge",
@@ -115,9 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
+    _add_run(command)
+    _add_simulator(command)
+    _add_explain(command)
+    _add_replay(command)
+    _add_archive(command)
+    _add_reset(command)
+    _add_status(command)
+    return parser
+
+
+def _add_run(command: _Command) -> None:
     run = command("run", "run the bridge service (planner, dispatcher or both)")
     run.add_argument("--role", choices=["planner", "dispatcher", "all"], default="all")
 
+
+def _add_simulator(command: _Command) -> None:
     sim = command("simulator", "run the Icareus Suite simulator (HTTP)")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8085)
@@ -150,10 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="require client certificates signed by this CA (PEM; needs --tls-cert)",
     )
 
+
+def _add_explain(command: _Command) -> None:
     explain = command("explain", "dry-run the state machine on one event given as JSON")
     explain.add_argument("--event", type=Path, required=True, metavar="FILE")
     explain.add_argument("--state", type=Path, default=None, metavar="FILE")
 
+
+def _add_replay(command: _Command) -> None:
     replay = command("replay", "put dead letters back on their original topic")
     replay.add_argument(
         "--since", default=None, help="ISO-8601 time: dead letters last failed then or later"
@@ -182,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--history", action="store_true", help="list the audit records of earlier replay runs"
     )
 
+
+def _add_archive(command: _Command) -> None:
     archive = command("archive", "archive old provisioning requests, or search an archive")
     archive.add_argument(
         "--older-than",
@@ -227,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     search.add_argument("dir", type=Path, metavar="DIR")
 
+
+def _add_reset(command: _Command) -> None:
     reset = command("reset", "CRM's reset utility: bring Icareus back in line with CRM")
     target = reset.add_mutually_exclusive_group(required=True)
     target.add_argument("--subscription", metavar="ID")
@@ -241,12 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("--json", action="store_true", help="with --dry-run: one JSON line each")
 
+
+def _add_status(command: _Command) -> None:
     status = command("status", "what the bridge knows about one subscription, as JSON")
     status.add_argument("--subscription", required=True, metavar="ID")
     status.add_argument(
         "--results", type=_non_negative_int, default=10, metavar="N", help="latest results shown"
     )
-    return parser
 
 
 def _resolve(name: str) -> Callable[[argparse.Namespace], int] | None:
