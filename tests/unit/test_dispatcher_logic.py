@@ -357,3 +357,39 @@ def test_a_reset_reads_icareus_and_runs_the_difference_in_the_subscriptions_turn
     assert rig.icareus.lookups == [account, f"{sub.number}-VP2"]
     assert [user for _, user in rig.icareus.sent] == ["u-7", "u-7"]
     assert rig.logic.accounts.user_id(account) == "u-7"
+
+
+@pytest.mark.parametrize(
+    ("failure", "ready", "detail"),
+    [
+        (None, True, "answering"),
+        (
+            TransientIcareusError("connection refused", operation="get_user", reason="connect"),
+            False,
+            "unreachable: connection refused",
+        ),
+        (
+            PermanentIcareusError(
+                "refused", operation="get_user", code="INVALID_ORG", icareus_message="no such org"
+            ),
+            False,
+            "refuses the bridge: INVALID_ORG",
+        ),
+    ],
+)
+def test_the_icareus_probe_sets_the_readiness_check_from_its_answer(
+    rig: Rig, failure: Exception | None, ready: bool, detail: str
+) -> None:
+    rig.icareus.failure = failure
+    health = rig.logic.health
+    assert rig.readiness.snapshot()["icareus"] == {"ready": False, "detail": "not reached yet"}
+
+    async def probe_once() -> None:
+        task = asyncio.create_task(health.probe(rig.icareus, lambda: False))
+        while rig.readiness.snapshot()["icareus"]["detail"] == "not reached yet":
+            await asyncio.sleep(0.001)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(probe_once(), timeout=10))
+    assert rig.readiness.snapshot()["icareus"] == {"ready": ready, "detail": detail}
+    assert rig.icareus.lookups == ([] if failure else ["icareus-bridge-readiness-probe"])

@@ -10,6 +10,7 @@ turn and `settle` to turn what came out into the records of the next transaction
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ from icareus_bridge.pipeline.dead_letter import (
 from icareus_bridge.pipeline.parking import ParkedKey, ParkedKeys, encode_marker, marker_key
 
 ICAREUS_CHECK = "icareus"
+ICAREUS_PROBE_ACCOUNT = "icareus-bridge-readiness-probe"
+ICAREUS_PROBE_SECONDS = 5.0
 
 # dlq.reason codes of stage dispatch
 REASON_RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
@@ -129,8 +132,9 @@ class GaveUp(Exception):
 
 
 class IcareusHealth:
-    """The `icareus` readiness check, kept current by the probe and by real calls; and the
-    one-time log lines of a refusal of the bridge's credentials (or TLS link)."""
+    """The `icareus` readiness check, kept current by `probe` (at start, and while Icareus does
+    not answer) and by real calls; and the one-time log lines of a refusal of the bridge's
+    credentials (or TLS link)."""
 
     def __init__(self, readiness: Readiness, metrics: Metrics, log: Any) -> None:
         self.readiness = readiness
@@ -147,6 +151,22 @@ class IcareusHealth:
         if ok and self._auth_refused:
             self._auth_refused = False
             self.log.info("Icareus accepts the bridge's credentials again")
+
+    async def probe(self, icareus: reset_plan.UserLookup, stopped: Callable[[], bool]) -> None:
+        """A getUser of an account that never exists, repeated while Icareus is not known to
+        answer (real calls keep the check current meanwhile), until `stopped()`."""
+        while not stopped():
+            if not self.ok:
+                try:
+                    await icareus.get_user(external_id=ICAREUS_PROBE_ACCOUNT)
+                    self.answers(True, "answering")
+                except AuthIcareusError:
+                    pass  # `auth_failed` has said so at each refused attempt
+                except PermanentIcareusError as exc:
+                    self.answers(False, f"refuses the bridge: {exc.code}")
+                except IcareusError as exc:
+                    self.answers(False, f"unreachable: {exc.message}")
+            await asyncio.sleep(ICAREUS_PROBE_SECONDS)
 
     def auth_failed(self, exc: AuthIcareusError) -> None:
         """Icareus refused the bridge's own credentials: an outage of this bridge, whatever the

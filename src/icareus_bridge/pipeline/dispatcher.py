@@ -22,11 +22,6 @@ from typing import Any, Protocol
 from icareus_bridge.codec import Codec
 from icareus_bridge.config import Settings
 from icareus_bridge.icareus.client import IcareusClient
-from icareus_bridge.icareus.errors import (
-    AuthIcareusError,
-    IcareusError,
-    PermanentIcareusError,
-)
 from icareus_bridge.kafka.admin import OwnershipWatch
 from icareus_bridge.kafka.changelog import read_to_end
 from icareus_bridge.kafka.checkpoint import (
@@ -61,8 +56,6 @@ from icareus_bridge.pipeline.scheduler import KeyedScheduler
 
 ROLE = "dispatcher"
 READINESS_CHECK = "dispatcher"
-ICAREUS_PROBE_ACCOUNT = "icareus-bridge-readiness-probe"
-ICAREUS_PROBE_SECONDS = 5.0
 POLL_BATCH = 500
 # Idle polls back off from the first to the second (a record resets it).
 IDLE_SLEEP_SECONDS = (0.002, 0.05)
@@ -167,7 +160,9 @@ class Dispatcher:
             parked=self.parked,
             clock_ms=self.clock_ms,
         )
-        probe = asyncio.create_task(self._probe_icareus(stop), name="icareus-probe")
+        probe = asyncio.create_task(
+            self.health.probe(self._client, stop.is_set), name="icareus-probe"
+        )
         try:
             self._start()
             await self._loop(stop)
@@ -181,23 +176,6 @@ class Dispatcher:
             probe.cancel()
             self._close()
             await self._client.aclose()
-
-    async def _probe_icareus(self, stop: StopSignal) -> None:
-        """Readiness of Icareus: a getUser of an account that never exists, repeated while
-        Icareus is not known to answer (real calls keep the check current meanwhile)."""
-        assert self._client is not None
-        while not stop.is_set():
-            if not self.health.ok:
-                try:
-                    await self._client.get_user(external_id=ICAREUS_PROBE_ACCOUNT)
-                    self.health.answers(True, "answering")
-                except AuthIcareusError:
-                    pass  # `health.auth_failed` has said so at each refused attempt
-                except PermanentIcareusError as exc:
-                    self.health.answers(False, f"refuses the bridge: {exc.code}")
-                except IcareusError as exc:
-                    self.health.answers(False, f"unreachable: {exc.message}")
-            await asyncio.sleep(ICAREUS_PROBE_SECONDS)
 
     def _start(self) -> None:
         # The producer first: init_transactions aborts what an earlier incarnation of this
