@@ -8,6 +8,10 @@ offsets it finishes (`OffsetTracker`: only offsets whose predecessors are finish
 finished beyond travel in the commit metadata). So after a crash each request has exactly one
 result: an unfinished request runs again, and its Idempotency-Key keeps Icareus from applying
 it twice. See docs/PIPELINE.md, "Dispatcher".
+
+Two halves, like the planner's: `DispatchLogic` (pipeline/dispatch_logic.py) turns one consumed
+record into what it produced (no Kafka; Icareus through a port, the clock injected), and
+`Dispatcher` here runs the consumer, the scheduler, the rebalances and the commits around it.
 """
 
 from __future__ import annotations
