@@ -8,6 +8,10 @@ offsets it finishes (`OffsetTracker`: only offsets whose predecessors are finish
 finished beyond travel in the commit metadata). So after a crash each request has exactly one
 result: an unfinished request runs again, and its Idempotency-Key keeps Icareus from applying
 it twice. See docs/PIPELINE.md, "Dispatcher".
+
+Two halves, like the planner's: `DispatchLogic` (pipeline/dispatch_logic.py) turns one consumed
+record into what it produced (no Kafka; Icareus through a port, the clock injected), and
+`Dispatcher` here runs the consumer, the scheduler, the rebalances and the commits around it.
 """
 
 from __future__ import annotations
@@ -16,27 +20,12 @@ import asyncio
 import concurrent.futures
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from icareus_bridge.codec import Codec, DecodeError, DecodeReason
+from icareus_bridge.codec import Codec
 from icareus_bridge.config import Settings
-from icareus_bridge.core.feedback import rejection_result
-from icareus_bridge.core.model import (
-    ActionCode,
-    LifecycleEvent,
-    ProvisioningRequest,
-    ProvisioningResult,
-    RejectionCode,
-    RequestType,
-)
-from icareus_bridge.icareus.client import CallResult, IcareusClient
-from icareus_bridge.icareus.errors import (
-    AuthIcareusError,
-    IcareusError,
-    PermanentIcareusError,
-    TlsIcareusError,
-)
+from icareus_bridge.icareus.client import IcareusClient
 from icareus_bridge.kafka.admin import OwnershipWatch
 from icareus_bridge.kafka.changelog import read_to_end
 from icareus_bridge.kafka.checkpoint import (
@@ -55,31 +44,22 @@ from icareus_bridge.kafka.dispatch import (
 )
 from icareus_bridge.kafka.identity import resolve_instance_id
 from icareus_bridge.observability.http import Readiness
-from icareus_bridge.observability.logging import get_logger, request_fields
+from icareus_bridge.observability.logging import get_logger
 from icareus_bridge.observability.metrics import Metrics
-from icareus_bridge.pipeline import outcomes, reset_plan
 from icareus_bridge.pipeline.accounts import AccountOutcomes
-from icareus_bridge.pipeline.dead_letter import (
-    Origin,
-    Stage,
-    dead_letter_headers,
-    replay_count_of,
+from icareus_bridge.pipeline.dispatch_logic import (
+    DispatchLogic,
+    Finished,
+    GaveUp,
+    IcareusHealth,
+    WorkItem,
 )
 from icareus_bridge.pipeline.offsets import OffsetTracker, decode_done_offsets
-from icareus_bridge.pipeline.parking import (
-    ParkedKey,
-    ParkedKeys,
-    encode_marker,
-    is_parked_marker,
-    marker_key,
-)
+from icareus_bridge.pipeline.parking import ParkedKeys, is_parked_marker
 from icareus_bridge.pipeline.scheduler import KeyedScheduler
 
 ROLE = "dispatcher"
 READINESS_CHECK = "dispatcher"
-ICAREUS_CHECK = "icareus"
-ICAREUS_PROBE_ACCOUNT = "icareus-bridge-readiness-probe"
-ICAREUS_PROBE_SECONDS = 5.0
 POLL_BATCH = 500
 # Idle polls back off from the first to the second (a record resets it).
 IDLE_SLEEP_SECONDS = (0.002, 0.05)
@@ -91,70 +71,9 @@ SHUTDOWN_RESERVE_SECONDS = 3.0
 # How long a new assignment waits for a commit still in flight.
 COMMIT_SETTLE_SECONDS = 60.0
 
-# dlq.reason codes of stage dispatch
-REASON_RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
-# Icareus refused the bridge's own credentials for the whole retry budget (docs/ICAREUS.md).
-REASON_AUTH_FAILED = "AUTH_FAILED"
-# The bridge could not authenticate Icareus' TLS link (certificate, handshake) for the whole
-# retry budget (docs/ICAREUS.md, "HTTPS").
-REASON_TLS_FAILED = "TLS_FAILED"
-REASON_PARKED = "PARKED"
-REASON_DISPATCH_FAILED = "DISPATCH_FAILED"
-
-# Without a user, these requests already hold: what they would remove is not there.
-_HOLDS_WITHOUT_USER = frozenset(
-    {RequestType.REMOVE_USER, RequestType.REMOVE_DEVICE, RequestType.CANCEL_PRODUCTS}
-)
-
-
-def _auth_reason(exc: AuthIcareusError) -> str:
-    return REASON_TLS_FAILED if isinstance(exc, TlsIcareusError) else REASON_AUTH_FAILED
-
 
 class StopSignal(Protocol):
     def is_set(self) -> bool: ...
-
-
-@dataclass(slots=True)
-class WorkItem:
-    """One consumed record on its way through the scheduler."""
-
-    record: ConsumedRecord
-    generation: int  # of its partition's assignment: a revoked partition's late work is dropped
-    subscription_id: str
-    request: ProvisioningRequest | None = None
-    reset: LifecycleEvent | None = None
-    error: DecodeError | None = None
-
-    @property
-    def record_id(self) -> str:
-        """What a parked key names: the request id, or the event id of a reset."""
-        if self.request is not None:
-            return self.request.request_id
-        if self.reset is not None:
-            return self.reset.event_id
-        return f"{self.record.partition}@{self.record.offset}"
-
-
-@dataclass(slots=True)
-class Finished:
-    """What one item produced; applied at once when the handler returns."""
-
-    records: list[OutboundRecord] = field(default_factory=list)
-    results: list[ProvisioningResult] = field(default_factory=list)
-    park: ParkedKey | None = None
-    unpark: bool = False
-    dead_letter_reason: str | None = None
-
-
-class GaveUp(Exception):
-    """A request that cannot finish now: its retry budget ran out, or the dispatcher failed on
-    it. It goes to the DLQ and its subscription is parked."""
-
-    def __init__(self, reason: str, cause: BaseException) -> None:
-        super().__init__(f"{reason}: {cause}")
-        self.reason = reason
-        self.cause = cause
 
 
 def default_instance_id(settings: Settings) -> str:
@@ -216,9 +135,14 @@ class Dispatcher:
         self._ownership_task: asyncio.Task[None] | None = None
         self._assigned_once = False
         readiness.register(READINESS_CHECK, "waiting for partitions")
-        readiness.register(ICAREUS_CHECK, "not reached yet")
-        self._icareus_ok = False
-        self._auth_refused = False
+        self.health = IcareusHealth(readiness, metrics, self.log)
+        self._logic: DispatchLogic | None = None  # made with the Icareus client, in `run`
+
+    @property
+    def logic(self) -> DispatchLogic:
+        """What one record produced; the shell around it only reads, schedules and commits."""
+        assert self._logic is not None, "the dispatcher's logic exists while it runs"
+        return self._logic
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -227,9 +151,22 @@ class Dispatcher:
         self._client = IcareusClient(
             self.settings.icareus,
             on_retry=self._on_retry,
-            on_auth_failure=self._on_auth_failure,
+            on_auth_failure=self.health.auth_failed,
         )
-        probe = asyncio.create_task(self._probe_icareus(stop), name="icareus-probe")
+        self._logic = DispatchLogic(
+            self.settings,
+            self._client,
+            codec=self.codec,
+            metrics=self.metrics,
+            health=self.health,
+            log=self.log,
+            accounts=self.accounts,
+            parked=self.parked,
+            clock_ms=self.clock_ms,
+        )
+        probe = asyncio.create_task(
+            self.health.probe(self._client, stop.is_set), name="icareus-probe"
+        )
         try:
             self._start()
             await self._loop(stop)
@@ -243,63 +180,6 @@ class Dispatcher:
             probe.cancel()
             self._close()
             await self._client.aclose()
-
-    async def _probe_icareus(self, stop: StopSignal) -> None:
-        """Readiness of Icareus: a getUser of an account that never exists, repeated while
-        Icareus is not known to answer (real calls keep the check current meanwhile)."""
-        assert self._client is not None
-        while not stop.is_set():
-            if not self._icareus_ok:
-                try:
-                    await self._client.get_user(external_id=ICAREUS_PROBE_ACCOUNT)
-                    self._icareus_answers(True, "answering")
-                except AuthIcareusError:
-                    pass  # `_on_auth_failure` has said so at each refused attempt
-                except PermanentIcareusError as exc:
-                    self._icareus_answers(False, f"refuses the bridge: {exc.code}")
-                except IcareusError as exc:
-                    self._icareus_answers(False, f"unreachable: {exc.message}")
-            await asyncio.sleep(ICAREUS_PROBE_SECONDS)
-
-    def _icareus_answers(self, ok: bool, detail: str) -> None:
-        if ok != self._icareus_ok or not ok:
-            self._icareus_ok = ok
-            self.readiness.set(ICAREUS_CHECK, ok, detail)
-        if ok and self._auth_refused:
-            self._auth_refused = False
-            self.log.info("Icareus accepts the bridge's credentials again")
-
-    def _on_auth_failure(self, exc: AuthIcareusError) -> None:
-        """Icareus refused the bridge's own credentials: an outage of this bridge, whatever the
-        request was. Counted at every attempt, readiness false at once; the call itself is
-        held and retried (the client), then dead-lettered `AUTH_FAILED` (`_execute`). A TLS
-        link the bridge cannot authenticate is handled alike (`TLS_FAILED`)."""
-        if isinstance(exc, TlsIcareusError):
-            self.metrics.icareus_tls_failures.inc()
-            self._icareus_answers(False, f"TLS link not authenticated ({exc.code}): {exc}")
-        else:
-            self.metrics.icareus_auth_failures.inc()
-            self._icareus_answers(
-                False,
-                f"refuses the bridge's credentials ({exc.code}): check icareus.key or "
-                "key_file, icareus.organization_id and the clock",
-            )
-        if not self._auth_refused:
-            self._auth_refused = True
-            if isinstance(exc, TlsIcareusError):
-                self.log.error(
-                    "Icareus' TLS link is not authenticated; calls are held and retried",
-                    code=exc.code,
-                    operation=exc.operation,
-                    error=str(exc),
-                )
-            else:
-                self.log.error(
-                    "Icareus refuses the bridge's credentials; calls are held and retried",
-                    code=exc.code,
-                    operation=exc.operation,
-                    http_status=exc.http_status,
-                )
 
     def _start(self) -> None:
         # The producer first: init_transactions aborts what an earlier incarnation of this
@@ -509,34 +389,7 @@ class Dispatcher:
         self.metrics.lag_clock(self.group).read(
             record.topic, record.partition, record.offset, record.timestamp_ms
         )
-        self.scheduler.submit(*self._item(record, generation))
-
-    def _item(self, record: ConsumedRecord, generation: int) -> tuple[str, WorkItem]:
-        key = record.key.decode("utf-8", errors="replace") if record.key is not None else ""
-        item = WorkItem(record=record, generation=generation, subscription_id=key)
-        if record.value is None:
-            item.error = DecodeError(DecodeReason.NOT_AVRO, "record has no value")
-            return key, item
-        try:
-            item.request = self.codec.decode_request(record.value)
-            item.subscription_id = item.request.subscription_id
-        except DecodeError as not_a_request:
-            # The one other record on this topic: a RESET_SUBSCRIPTION forwarded by the planner.
-            try:
-                event = self.codec.decode_event(record.value)
-            except DecodeError:
-                item.error = not_a_request
-            else:
-                if event.action.code == ActionCode.RESET_SUBSCRIPTION:
-                    item.reset = event
-                    item.subscription_id = event.subscription.id
-                else:
-                    item.error = DecodeError(
-                        DecodeReason.UNKNOWN_SCHEMA,
-                        f"a {event.action.code} event on the requests topic",
-                    )
-        # Order follows the record key (the partitioner's key), the subscription id.
-        return key or item.subscription_id, item
+        self.scheduler.submit(*self.logic.work_item(record, generation))
 
     def _apply_back_pressure(self) -> None:
         assert self._consumer is not None
@@ -557,178 +410,8 @@ class Dispatcher:
     # --- one item ------------------------------------------------------------------------
 
     async def _handle(self, item: WorkItem) -> None:
-        finished = await self._process(item)
+        finished = await self.logic.process(item)
         self._finish(item, finished)
-
-    async def _process(self, item: WorkItem) -> Finished:
-        out = Finished()
-        if item.error is not None:
-            return self._dead_letter(
-                item, out, item.error.stage, str(item.error.reason), item.error
-            )
-        parked = self.parked.get(item.subscription_id)
-        if parked is not None:
-            if parked.parked_behind == item.record_id and replay_count_of(item.record.headers):
-                out.unpark = True  # the request that parked the key is back from the DLQ
-            else:
-                return self._dead_letter(
-                    item,
-                    out,
-                    "dispatch",
-                    REASON_PARKED,
-                    f"subscription parked behind request {parked.parked_behind}",
-                    parked_behind=parked.parked_behind,
-                )
-        try:
-            if item.reset is not None:
-                await self._reset(item.reset, out.results)
-            else:
-                assert item.request is not None
-                out.results.append(await self._execute(item.request))
-        except GaveUp as exc:
-            self._dead_letter(item, out, "dispatch", exc.reason, exc.cause)
-            out.park = ParkedKey(
-                subscription_id=item.subscription_id,
-                parked_behind=item.record_id,
-                partition=item.record.partition,
-                parked_at=self.clock_ms(),
-            )
-        return out
-
-    async def _execute(self, request: ProvisioningRequest) -> ProvisioningResult:
-        """Send one request (or decide it without a call); give up only by raising GaveUp."""
-        try:
-            return await self._send(request)
-        except GaveUp:
-            raise
-        except AuthIcareusError as exc:  # refused for the whole budget; readiness already false
-            raise GaveUp(_auth_reason(exc), exc) from exc
-        except IcareusError as exc:  # transient, after the whole retry budget
-            gave_up = "permanent" if isinstance(exc, PermanentIcareusError) else "transient"
-            self.metrics.icareus_calls.labels(request.type.value, gave_up).inc()
-            self._icareus_answers(False, f"unreachable: {exc.message}")
-            raise GaveUp(REASON_RETRIES_EXHAUSTED, exc) from exc
-        except Exception as exc:  # a bug must not break the subscription's order either
-            raise GaveUp(REASON_DISPATCH_FAILED, exc) from exc
-
-    async def _send(self, request: ProvisioningRequest) -> ProvisioningResult:
-        assert self._client is not None
-        blocking = self.accounts.blocking_rejection(request)
-        if blocking is not None:
-            return outcomes.rejected_without_call(
-                request,
-                RejectionCode.DEPENDENCY_REJECTED,
-                f"ADD_USER {blocking.request_id} of account {request.account_key} in the same "
-                f"plan was rejected ({blocking.error_code}); nothing sent",
-                self.clock_ms(),
-            )
-        user_id: str | None = None
-        if request.type is not RequestType.ADD_USER:
-            user_id = self.accounts.resolve_user_id(request)
-            if user_id is None:
-                # Planned before its ADD_USER had answered, and that answer is not in memory
-                # (a restart): ask Icareus for the account by its key.
-                lookup = await self._client.get_user(external_id=request.account_key)
-                if lookup.user is None:
-                    return self._without_user(request, lookup)
-                user_id = lookup.user.user_id
-                self.accounts.registered(request.account_key, user_id)
-        started = time.perf_counter()
-        try:
-            call = await self._client.send(request, user_id=user_id)
-        except PermanentIcareusError as exc:
-            self._observe_call(request, started, "permanent", exc.code)
-            if request.type is RequestType.ADD_USER:
-                self.accounts.registration_rejected(request, exc.code)
-            return outcomes.rejected_by_icareus(request, exc, user_id, self.clock_ms())
-        self._observe_call(request, started, "ok")
-        if not self._icareus_ok:
-            self._icareus_answers(True, "answering")
-        if request.type is RequestType.ADD_USER and call.user_id is not None:
-            self.accounts.registered(request.account_key, call.user_id)
-        elif request.type is RequestType.REMOVE_USER:
-            self.accounts.removed(request.account_key)
-        return outcomes.completed(request, call, user_id, self.clock_ms())
-
-    def _without_user(self, request: ProvisioningRequest, lookup: CallResult) -> ProvisioningResult:
-        if request.type in _HOLDS_WITHOUT_USER:
-            return outcomes.completed(request, lookup, None, self.clock_ms())
-        return outcomes.rejected_without_call(
-            request,
-            RejectionCode.ACCOUNT_NOT_REGISTERED,
-            f"account {request.account_key} is not registered in Icareus",
-            self.clock_ms(),
-        )
-
-    async def _reset(self, event: LifecycleEvent, results: list[ProvisioningResult]) -> None:
-        """RESET_SUBSCRIPTION: read what Icareus really holds for every account the
-        subscription can have, plan the event against that, and run the plan here, in the
-        subscription's turn (after every earlier request of it)."""
-        assert self._client is not None
-        try:
-            observed = await reset_plan.observe(
-                self._client,
-                event.subscription,
-                self.settings.provider,
-                found=self.accounts.registered,
-            )
-        except AuthIcareusError as exc:
-            raise GaveUp(_auth_reason(exc), exc) from exc
-        except IcareusError as exc:
-            raise GaveUp(REASON_RETRIES_EXHAUSTED, exc) from exc
-        decision = reset_plan.plan_reset(event, observed.values(), self.settings.provider)
-        now = self.clock_ms()
-        results.extend(rejection_result(r, event, executed_at=now) for r in decision.rejections)
-        for request in decision.requests:
-            results.append(await self._execute(request))
-        self.log.info(
-            "subscription reset",
-            **request_fields(event),
-            outcome="reset",
-            accounts_found=len(observed),
-            requests=len(decision.requests),
-            rejections=len(decision.rejections),
-        )
-
-    # --- turning outcomes into records ---------------------------------------------------
-
-    def _dead_letter(
-        self,
-        item: WorkItem,
-        out: Finished,
-        stage: str,
-        reason: str,
-        error: BaseException | str,
-        *,
-        parked_behind: str | None = None,
-    ) -> Finished:
-        rec = item.record
-        now = self.clock_ms()
-        attempts, first, last, status, excerpt = 0, None, None, None, None
-        if isinstance(error, IcareusError):
-            attempts = error.attempts
-            first = int(error.first_failure_at * 1000)
-            last = int(error.last_failure_at * 1000)
-            status = error.http_status
-            excerpt = error.response_excerpt or None
-        headers = dead_letter_headers(
-            cast(Stage, stage),
-            reason,
-            error,
-            Origin(rec.topic, rec.partition, rec.offset, rec.timestamp_ms),
-            self.group,
-            now_ms=now,
-            attempts=attempts,
-            first_failure_at=first,
-            last_failure_at=last,
-            http_status=status,
-            response_excerpt=excerpt,
-            replay_count=replay_count_of(rec.headers),
-            parked_behind=parked_behind,
-        )
-        out.records.append(OutboundRecord(self.topics.dlq, rec.key, rec.value, headers=headers))
-        out.dead_letter_reason = f"{stage}:{reason}"
-        return out
 
     def _finish(self, item: WorkItem, finished: Finished) -> None:
         """Buffer what the item produced and mark its offset finished, in one step (nothing
@@ -736,84 +419,9 @@ class Dispatcher:
         partition = item.record.partition
         if self._generations.get(partition) != item.generation:
             return  # revoked meanwhile: the new owner runs it again
-        records = list(finished.records)
-        for result in finished.results:
-            records.append(
-                OutboundRecord(
-                    self.topics.results,
-                    result.subscription_id.encode("utf-8"),
-                    self.codec.encode_result(result),
-                    partition=partition,
-                )
-            )
-            self._count_result(result)
-        if finished.unpark:
-            self.parked.unpark(item.subscription_id)
-            records.append(
-                OutboundRecord(
-                    self.topics.state, marker_key(item.subscription_id), None, partition=partition
-                )
-            )
-            self.log.info(
-                "subscription unparked",
-                **_item_fields(item),
-                outcome="unparked",
-            )
-        if finished.park is not None:
-            self.parked.park(finished.park)
-            records.append(
-                OutboundRecord(
-                    self.topics.state,
-                    marker_key(item.subscription_id),
-                    encode_marker(finished.park),
-                    partition=partition,
-                )
-            )
-            self.log.warning(
-                "subscription parked",
-                **_item_fields(item),
-                outcome="parked",
-                reason=finished.dead_letter_reason,
-            )
-        elif finished.dead_letter_reason is not None:
-            self.log.info(
-                "request dead-lettered",
-                **_item_fields(item),
-                outcome="dead_lettered",
-                reason=finished.dead_letter_reason,
-            )
-        if finished.dead_letter_reason is not None:
-            stage, _, reason = finished.dead_letter_reason.partition(":")
-            self.metrics.dead_letters.labels(stage, reason).inc()
-        self.metrics.parked_keys.set(len(self.parked))
+        records = self.logic.settle(item, finished)
         self._pending.setdefault(partition, []).extend(records)
         self.offsets.mark_done(partition, item.record.offset)
-
-    def _count_result(self, result: ProvisioningResult) -> None:
-        t = result.type.value
-        self.metrics.results.labels(t, result.life_cycle_state.value).inc()
-        if result.created_at:
-            seconds = max(self.clock_ms() - result.created_at, 0) / 1000.0
-            self.metrics.event_to_result_seconds.labels(t).observe(seconds)
-        # Completed requests are the bulk: counted in metrics, logged at debug only.
-        log = self.log.debug if result.life_cycle_state.value == "COMPLETED" else self.log.info
-        log(
-            "result",
-            **request_fields(result),
-            outcome=result.life_cycle_state.value,
-            error_code=result.error_code,
-            attempts=result.attempts,
-        )
-
-    def _observe_call(
-        self, request: ProvisioningRequest, started: float, outcome: str, code: str | None = None
-    ) -> None:
-        elapsed = time.perf_counter() - started
-        t = request.type.value
-        self.metrics.icareus_call_seconds.labels(t).observe(elapsed)
-        self.metrics.icareus_calls.labels(t, outcome).inc()
-        if code is not None:
-            self.metrics.icareus_refusals.labels(t, code).inc()
 
     def _on_retry(self, reason: str) -> None:
         self.metrics.retries.labels(reason).inc()
@@ -904,17 +512,6 @@ class _Batch:
     records: list[OutboundRecord]
     offsets: dict[int, tuple[int, str]]
     generations: dict[int, int]
-
-
-def _item_fields(item: WorkItem) -> dict[str, object]:
-    """The log fields of one work item: its request's (or reset event's) ids and codes."""
-    fields: dict[str, object] = {"subscription_id": item.subscription_id}
-    if item.request is not None:
-        fields.update(request_fields(item.request))
-    elif item.reset is not None:
-        fields.update(request_fields(item.reset))
-    fields.setdefault("request_id", item.record_id)
-    return fields
 
 
 def run_dispatcher(

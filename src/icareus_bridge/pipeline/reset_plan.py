@@ -7,12 +7,21 @@ viewing-point order; `plan_reset` plans the event against that observed state.""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from icareus_bridge.config import ProviderSettings
 from icareus_bridge.core.feedback import observed_state
 from icareus_bridge.core.model import AccountState, Decision, LifecycleEvent, Subscription
 from icareus_bridge.core.plan import account_key, plan
-from icareus_bridge.icareus.client import IcareusClient
+from icareus_bridge.icareus.client import CallResult
+
+
+class UserLookup(Protocol):
+    """The one Icareus call a reset's observation makes (`IcareusClient.get_user`)."""
+
+    async def get_user(self, *, external_id: str) -> CallResult:
+        """The user whose external id (account key) is `external_id`, if Icareus holds one."""
+        ...
 
 
 def reset_order(sub: Subscription, configured: list[str]) -> list[str]:
@@ -26,7 +35,7 @@ def reset_order(sub: Subscription, configured: list[str]) -> list[str]:
 
 
 async def observe(
-    client: IcareusClient,
+    client: UserLookup,
     sub: Subscription,
     provider: ProviderSettings,
     *,
@@ -63,4 +72,4 @@ def plan_reset(
     return plan(observed_state(None, sub.id, sub.number, observed), event, provider)
 
 
-__all__ = ["observe", "plan_reset", "reset_order"]
+__all__ = ["UserLookup", "observe", "plan_reset", "reset_order"]
