@@ -544,8 +544,10 @@ class DispatcherSettings(_Section):
     # empty = the host name. Two live dispatchers must never share one.
     instance_id: str = ""
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
-    # Results, dead letters and offsets become visible together, once per interval.
-    commit_interval_ms: int = Field(default=100, ge=1)
+    # Results, dead letters and offsets become visible together, in a transaction that starts
+    # as soon as a request is finished and no transaction is in flight. This is the least
+    # time between the starts of two transactions (0 = none: commit whenever ready).
+    commit_interval_ms: int = Field(default=0, ge=0)
     # Requests read but not finished (queued + in flight) before partitions are paused.
     max_queued: int = Field(default=2048, ge=1)
 

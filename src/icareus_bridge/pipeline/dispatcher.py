@@ -3,8 +3,8 @@ out; one result per finished request, dead letters and parked-key markers back t
 
 Requests of one subscription run strictly in order, different subscriptions concurrently up to
 `icareus.max_in_flight` (`KeyedScheduler`). What a finished request produced is buffered and
-made visible every `dispatcher.commit_interval_ms` in one Kafka transaction together with the
-offsets it finishes (`OffsetTracker`: only offsets whose predecessors are finished; those
+made visible as soon as no commit is in flight, in one Kafka transaction with the offsets it
+finishes (`OffsetTracker`: only offsets whose predecessors are finished; those
 finished beyond travel in the commit metadata). So after a crash each request has exactly one
 result: an unfinished request runs again, and its Idempotency-Key keeps Icareus from applying
 it twice. See docs/PIPELINE.md, "Dispatcher".
@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -113,6 +114,7 @@ class Dispatcher:
         self._generation = 0
         self._pending: dict[int, list[OutboundRecord]] = {}  # per partition, for the next commit
         self._commit_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # a request finished or a commit ended
         self._commit_future: concurrent.futures.Future[Any] | None = None
         self._last_commit: dict[int, tuple[int, str]] = {}
         self._paused = False
@@ -207,8 +209,8 @@ class Dispatcher:
 
     async def _loop(self, stop: StopSignal) -> None:
         assert self._consumer is not None
-        interval = self.settings.dispatcher.commit_interval_ms / 1000.0
-        next_commit = time.monotonic() + interval
+        spacing = self.settings.dispatcher.commit_interval_ms / 1000.0
+        next_commit = time.monotonic()
         idle = IDLE_SLEEP_SECONDS[0]
         while not stop.is_set():
             if self._failure is not None:
@@ -220,17 +222,36 @@ class Dispatcher:
             if self._assigned_once and not self._generations:
                 self._watch_ownership()
             now = time.monotonic()
-            # Commits run beside the loop: polling goes on meanwhile, so a rebalance that a
-            # commit waits for can complete.
-            if now >= next_commit and (self._commit_task is None or self._commit_task.done()):
+            # A commit starts as soon as something is finished and no commit is in flight
+            # (and, if `commit_interval_ms` is set, that long after the previous one started).
+            # It runs beside the loop: polling and calls go on meanwhile, and what finishes
+            # then goes into the next transaction.
+            if now >= next_commit and self._can_commit() and self._has_work():
                 self._commit_task = asyncio.create_task(self._commit(), name="dispatcher-commit")
-                next_commit = now + interval
+                next_commit = now + spacing
             if records:
                 idle = IDLE_SLEEP_SECONDS[0]
                 await asyncio.sleep(0)
             else:
-                await asyncio.sleep(min(idle, interval))
+                await self._idle(idle)
                 idle = min(idle * 2, IDLE_SLEEP_SECONDS[1])
+
+    def _can_commit(self) -> bool:
+        return self._commit_task is None or self._commit_task.done()
+
+    def _has_work(self) -> bool:
+        """Records to produce, or a commit point that moved since the last commit."""
+        if self._pending:
+            return True
+        points = self.offsets.commit_points()
+        return any(self._last_commit.get(p) != v for p, v in points.items())
+
+    async def _idle(self, seconds: float) -> None:
+        """Sleep until a request finishes or a commit ends (either may start a commit), or
+        `seconds` pass."""
+        self._wake.clear()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
 
     def _watch_ownership(self) -> None:
         """Owning no partition is fine when others own them all; not while some go unowned."""
@@ -422,6 +443,7 @@ class Dispatcher:
         records = self.logic.settle(item, finished)
         self._pending.setdefault(partition, []).extend(records)
         self.offsets.mark_done(partition, item.record.offset)
+        self._wake.set()
 
     def _on_retry(self, reason: str) -> None:
         self.metrics.retries.labels(reason).inc()
@@ -446,6 +468,12 @@ class Dispatcher:
         return _Batch(records, changed, generations)
 
     async def _commit(self) -> None:
+        try:
+            await self._commit_batch()
+        finally:
+            self._wake.set()  # what finished meanwhile may go out at once
+
+    async def _commit_batch(self) -> None:
         """Results, dead letters and markers of finished requests, with their offsets, in one
         transaction. Aborted: the partitions it covered are read again from what is committed.
         Fatal (a newer instance fenced this one): the dispatcher stops."""
