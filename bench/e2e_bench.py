@@ -81,6 +81,8 @@ TARGET_RATIO = 30.0
 TARGET_P50_MS = 100.0
 TARGET_P99_MS = 250.0
 ROW_PREFIX = "| e2e:"
+NAIVE_ROW = "| e2e: naive baseline"
+CEILING_ROW = "| e2e: Icareus HTTP ceiling"
 DISTRIBUTOR = "ICAREUS-VP1"
 CALL_LOG = 10_000  # the simulator keeps its last 10,000 calls
 
@@ -699,8 +701,9 @@ NOTES_START = "<!-- e2e notes: rewritten by bench/e2e_bench.py -->"
 NOTES_END = "<!-- end of e2e notes -->"
 
 
-def record(rows: list[str], notes: str) -> None:
-    """Replace this benchmark's rows (in the first table) and its notes section; nothing else."""
+def record(rows: list[str], notes: str, keep: Sequence[str] = ()) -> None:
+    """Replace this benchmark's rows (in the first table) and its notes section; nothing else.
+    Existing rows starting with one of `keep` stay (figures this run did not measure)."""
     header = (
         "# Benchmarks\n\nMeasured figures, one row per benchmark, rewritten by the benchmark "
         "script itself.\n\n"
@@ -708,6 +711,8 @@ def record(rows: list[str], notes: str) -> None:
         "|---|---|---|---|---|---|\n"
     )
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else header
+    kept = [ln for ln in text.splitlines() if any(ln.startswith(k) for k in keep)]
+    rows = [*rows, *kept]
     lines = [ln for ln in text.splitlines() if not ln.startswith(ROW_PREFIX)]
     if NOTES_START in lines and NOTES_END in lines:
         start, end = lines.index(NOTES_START), lines.index(NOTES_END)
@@ -913,6 +918,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  naive baseline        {naive_eps:,.1f} events/s -> bridge is {ratio:,.1f}×")
     print(f"  onboarding            {onboarding:,.0f} events/s (2 Icareus calls per event)")
 
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    raw = [
+        {"throughput_eps": r.throughput_eps, "steps": [s.as_row() for s in r.steps]} for r in runs
+    ]
+    (OUT_DIR / "e2e_figures.json").write_text(json.dumps(raw, indent=2) + "\n")
     if not args.no_record:
         m = machine()
         command = " ".join(["python bench/e2e_bench.py", *(sys.argv[1:] if argv is None else argv)])
@@ -937,7 +947,12 @@ def main(argv: list[str] | None = None) -> int:
             split_table=split_table(split),
             curve_table=curve_table(curve),
         )
-        record(rows, notes)
+        keep = []
+        if naive_eps != naive_eps:
+            keep.append(NAIVE_ROW)
+        if not ceiling:
+            keep.append(CEILING_ROW)
+        record(rows, notes, keep)
         meta: dict[str, object] = {
             "benchmark": "e2e latency against offered load",
             "command": command,
@@ -995,15 +1010,17 @@ def e2e_rows(
         )
         + " (one run) |",
     ]
-    if naive_eps == naive_eps:
+    if naive_eps == naive_eps:  # not NaN: measured in this run
         ratio = eps / naive_eps if naive_eps else float("inf")
         rows.append(
-            f"| e2e: naive baseline (one request at a time, same simulator) | `{command}` | {m} | "
+            f"{NAIVE_ROW} (one request at a time, same simulator) | `{command}` | {m} | "
             f"{naive_eps:,.1f} events/s | bridge ≥ {TARGET_RATIO:.0f}× baseline | "
             f"bridge {ratio:,.1f}× baseline; 1 run of {args.naive_seconds:.0f} s |"
         )
+    if not ceiling:
+        return rows
     rows.append(
-        f"| e2e: Icareus HTTP ceiling | `{command}` | {m} | client "
+        f"{CEILING_ROW} | `{command}` | {m} | client "
         f"{ceiling.get('client', float('nan')):,.0f} calls/s, simulator "
         f"{ceiling.get('simulator', float('nan')):,.0f} calls/s | — | from "
         f"bench/icareus_bench.py (no latency); at 20 ms, {in_flight} in flight bound the bridge "

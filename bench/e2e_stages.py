@@ -80,9 +80,13 @@ class Tracker:
 
     def _run(self, consumer: Consumer, handle: Any) -> None:
         while not self._stop.is_set():
-            batch = consumer.consume(1000, timeout=0.1)
+            # poll() returns as soon as one record is there (consume(n, timeout) would wait for
+            # n records or the whole timeout); what else is fetched already comes with it.
+            first = consumer.poll(0.05)
+            if first is None:
+                continue
             arrived = time.time() * 1000
-            for msg in batch:
+            for msg in [first, *consumer.consume(1000, timeout=0)]:
                 value = msg.value()
                 if msg.error() or value is None:
                     continue
