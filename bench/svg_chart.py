@@ -34,18 +34,16 @@ def _nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
     first = math.floor(low / step) * step
-    ticks = []
-    value = first
-    while value <= high + step * 0.01:
-        ticks.append(round(value, 10))
-        value += step
+    ticks = [round(first, 10)]
+    while ticks[-1] < high:  # the last tick at or beyond `high`: every point inside the frame
+        ticks.append(round(ticks[-1] + step, 10))
     return ticks
 
 
 def _log_ticks(low: float, high: float) -> list[float]:
     """1-2-5 ticks from just below `low` to just above `high`."""
     ticks = []
-    decade = 10 ** math.floor(math.log10(max(low, 1e-9)))
+    decade = 10 ** math.floor(math.log10(max(low, 1e-9))) / 10
     while decade <= high * 10:
         for m in (1, 2, 5):
             t = m * decade
