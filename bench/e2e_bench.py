@@ -3,7 +3,7 @@ process), `icareus-bridge run` as a subprocess, and this script producing CRM ev
 the results topic as CRM does (read_committed).
 
     python bench/e2e_bench.py [--runs 3] [--rate 300] [--rates 100,300,1000,max]
-        [--step-seconds 10] [--curve-runs 1] [--events 8000] [--subscriptions 2000]
+        [--step-seconds 10] [--curve-runs 1] [--events 6000] [--subscriptions 2000]
         [--naive-seconds 10] [--icareus-figures bench/out/icareus_bench.txt] [--no-record]
 
 Per run (fresh topics and consumer groups, a new bridge process):
@@ -828,7 +828,7 @@ def write_curve(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--events", type=int, default=8_000, help="sustained phase's backlog")
+    parser.add_argument("--events", type=int, default=6_000, help="sustained phase's backlog")
     parser.add_argument("--subscriptions", dest="subs", type=int, default=2_000)
     parser.add_argument("--rate", type=float, default=300.0, help="the rate every run offers")
     parser.add_argument(
