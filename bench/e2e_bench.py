@@ -680,14 +680,18 @@ NOTES_TEMPLATE = """\
 
 {split_table}
 
-  planner: produced → a read_committed consumer of the requests topic has the request
-  (`planner.batch_max_ms` wait, plan, transaction); receipt: → the call reaches the simulator
+  planner: produced (the benchmark's `produce()` call, its producer's 2 ms linger included) → a
+  read_committed consumer of the requests topic has the request (`planner.batch_max_ms` wait,
+  plan, transaction); receipt: → the call reaches the simulator
   (its call log, by idempotency key = request id; the dispatcher reads the committed request
   and sends); call: → the result's `executed_at` (the dispatcher's clock once answered);
   wait: → the result record's timestamp (the finished result waits for the dispatcher's next
   transaction, `dispatcher.commit_interval_ms`); commit: → a read_committed consumer has the
   result (the transaction's produce, offsets and commit). Percentiles of stages do not add up
   to the whole's.
+  The bridge's own `icareus_bridge_event_to_result_seconds` histogram is observed when a
+  request finishes (`Dispatcher._count_result`), before its result is produced and committed:
+  it leaves out `wait` and `commit`, and is not what CRM sees.
 - Latency against offered load (run 1; `max` = that run's sustained throughput), ms:
 
 {curve_table}
