@@ -1010,6 +1010,11 @@ def e2e_rows(
         f".csv, .json | p50 ≤ {TARGET_P50_MS:.0f} ms, p99 ≤ {TARGET_P99_MS:.0f} ms at 300/s | "
         + "; ".join(
             f"{s.offered_eps:,.0f}/s: p50 {s.e2e[0]:.0f}, p99 {s.e2e[1]:.0f} ms"
+            + (
+                f" (not sustained: {s.finished_eps:,.0f}/s finished)"
+                if s.finished_eps < 0.95 * s.offered_eps
+                else ""
+            )
             for s in runs[0].steps
         )
         + " (one run) |",
