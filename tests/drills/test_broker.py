@@ -227,15 +227,9 @@ def test_broker_frozen_mid_stream_bridge_recovers_by_itself_nothing_lost(
     print(figures)
 
 
-# Known defect (docs/RELIABILITY.md, "Known defects"): after a broker restart librdkafka 2.16 can
-# hang in a transactional call (confluentinc/librdkafka#5511). The watchdog in kafka/checkpoint.py
-# replaces the stalled producer; this drill has not yet passed inside a whole suite's run (its
-# two failures there were this test's own bounds, since fixed). It runs every time; a failure is
-# reported as XFAIL, a pass as XPASS. Drop the marker once whole-suite runs show XPASS.
-@pytest.mark.xfail(
-    strict=False,
-    reason="recovery from a broker restart is not reliable yet (librdkafka#5511, RELIABILITY.md)",
-)
+# After a broker restart librdkafka 2.16 can hang in a transactional call
+# (confluentinc/librdkafka#5511); the watchdog in kafka/checkpoint.py replaces the stalled
+# producer (docs/RELIABILITY.md, "Known defects"). This drill proves the bridge recovers by itself.
 def test_broker_stopped_mid_stream_and_started_on_its_data_bridge_recovers_by_itself(
     broker: local_kafka.LocalKafka, stack: Stack, drill_size: str
 ) -> None:
