@@ -108,6 +108,7 @@ class Rig:
     states: dict[str, SubscriptionRecord | None] = field(default_factory=dict)
     threads: list[tuple[threading.Thread, threading.Event]] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
+    metrics: list[Metrics] = field(default_factory=list)  # of each dispatcher started
 
     @property
     def topics(self) -> Any:
@@ -122,9 +123,12 @@ class Rig:
             dispatcher = settings.dispatcher.model_copy(update={"instance_id": instance})
             settings = settings.model_copy(update={"dispatcher": dispatcher})
 
+        metrics = Metrics()
+        self.metrics.append(metrics)
+
         def target() -> None:
             try:
-                run_dispatcher(settings, Metrics(), readiness, stop)
+                run_dispatcher(settings, metrics, readiness, stop)
             except BaseException as exc:
                 self.errors.append(exc)
 

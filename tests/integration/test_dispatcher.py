@@ -51,6 +51,14 @@ def test_new_subscription_with_two_viewing_points_is_provisioned_with_user_ids_f
     rig.stop()
 
     assert sorted(r.request_id for r in got) == sorted(r.request_id for r in requests)
+    # Each result counted once in the time-to-committed-result histogram, once committed.
+    scrape = rig.metrics[0].render().decode()
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in scrape.splitlines()
+        if line.startswith("icareus_bridge_event_to_committed_result_seconds_count{")
+    )
+    assert counted == len(requests)
     assert {r.life_cycle_state.value for r in got} == {"COMPLETED"}
     users = rig.users()
     assert users["N-sub-a-VP1"]["products"] == ["1001", "1002"]

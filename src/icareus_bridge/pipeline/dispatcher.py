@@ -113,6 +113,8 @@ class Dispatcher:
         self._generations: dict[int, int] = {}
         self._generation = 0
         self._pending: dict[int, list[OutboundRecord]] = {}  # per partition, for the next commit
+        # Per partition, (request type, event time in epoch ms) of each result in `_pending`.
+        self._pending_results: dict[int, list[tuple[str, int]]] = {}
         self._commit_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # a request finished or a commit ended
         self._commit_future: concurrent.futures.Future[Any] | None = None
@@ -387,6 +389,7 @@ class Dispatcher:
         gone = set(partitions)
         for p in gone:
             self._pending.pop(p, None)
+            self._pending_results.pop(p, None)
             self.offsets.revoke(p)
             self.parked.drop_partition(p)
             self._generations.pop(p, None)
@@ -442,6 +445,10 @@ class Dispatcher:
             return  # revoked meanwhile: the new owner runs it again
         records = self.logic.settle(item, finished)
         self._pending.setdefault(partition, []).extend(records)
+        if finished.results:
+            self._pending_results.setdefault(partition, []).extend(
+                (r.type.value, r.created_at) for r in finished.results if r.created_at
+            )
         self.offsets.mark_done(partition, item.record.offset)
         self._wake.set()
 
@@ -459,13 +466,15 @@ class Dispatcher:
     def _take_batch(self) -> _Batch:
         records = [r for p in sorted(self._pending) for r in self._pending[p]]
         touched = set(self._pending)
+        results = [r for p in sorted(self._pending_results) for r in self._pending_results[p]]
         self._pending = {}
+        self._pending_results = {}
         points = self.offsets.commit_points()
         changed = {p: v for p, v in points.items() if self._last_commit.get(p) != v}
         generations = {
             p: self._generations[p] for p in touched | set(changed) if p in self._generations
         }
-        return _Batch(records, changed, generations)
+        return _Batch(records, changed, generations, results)
 
     async def _commit(self) -> None:
         try:
@@ -521,6 +530,10 @@ class Dispatcher:
             self.log.info("transactions commit again")
         self.metrics.transaction_seconds.labels(ROLE).observe(seconds)
         self.metrics.transaction_events.labels(ROLE).observe(len(batch.records))
+        now_ms = self.clock_ms()
+        for request_type, created_at in batch.results:
+            seconds = max(now_ms - created_at, 0) / 1000.0
+            self.metrics.event_to_committed_result_seconds.labels(request_type).observe(seconds)
         assert self._consumer is not None
         for p, (offset, metadata) in batch.offsets.items():
             if self._generations.get(p) != batch.generations.get(p):
@@ -540,6 +553,7 @@ class _Batch:
     records: list[OutboundRecord]
     offsets: dict[int, tuple[int, str]]
     generations: dict[int, int]
+    results: list[tuple[str, int]]  # (request type, event time in epoch ms) of its results
 
 
 def run_dispatcher(
