@@ -23,6 +23,7 @@ from icareus_bridge.codec import (
     default_codec,
     validate_event,
 )
+from icareus_bridge.codec.registry import SchemaRegistryClient
 from icareus_bridge.core.feedback import rejection_result
 from icareus_bridge.core.model import (
     ActionCode,
@@ -33,7 +34,6 @@ from icareus_bridge.core.model import (
     SubscriptionState,
 )
 from icareus_bridge.core.plan import plan
-from icareus_bridge.schema_registry import SchemaRegistryClient
 from tests.unit.crm_events import event, item, provider, subscription, svc
 
 SUB = subscription(

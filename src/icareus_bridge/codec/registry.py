@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from icareus_bridge.codec import SchemaRegistryError
+from icareus_bridge.codec.records import SchemaRegistryError
 
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 

@@ -24,8 +24,8 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
-from icareus_bridge.avro_reader import Instance, OutOfRange, Reader, compile_reader
-from icareus_bridge.avro_writer import UnsupportedSchema, Writer, compile_writer
+from icareus_bridge.codec.reader import Instance, OutOfRange, Reader, compile_reader
+from icareus_bridge.codec.writer import UnsupportedSchema, Writer, compile_writer
 from icareus_bridge.core.model import (
     AccountState,
     Action,
@@ -45,8 +45,8 @@ from icareus_bridge.core.model import (
 )
 
 if TYPE_CHECKING:
+    from icareus_bridge.codec.registry import SchemaRegistryClient
     from icareus_bridge.config import Settings
-    from icareus_bridge.schema_registry import SchemaRegistryClient
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
@@ -110,7 +110,7 @@ class SchemaRegistryError(Exception):
 
 def default_schemas_dir() -> Path:
     """`schemas/` of a source checkout, else a copy packaged with the code."""
-    repo_copy = Path(__file__).resolve().parents[2] / "schemas"
+    repo_copy = Path(__file__).resolve().parents[3] / "schemas"
     if repo_copy.is_dir():
         return repo_copy
     return Path(str(resources.files("icareus_bridge").joinpath("schemas")))
@@ -268,7 +268,7 @@ class Codec:
                 self._writers[name] = compile_writer(json.loads(v.source))
         self._event_reader = _event_models_reader(self.schemas.current[EVENT])
         # Compiled readers (plain dicts, fastavro's shape) for bodies written with a current
-        # schema: stricter than fastavro on numbers out of range (see avro_reader).
+        # schema: stricter than fastavro on numbers out of range (see codec/reader.py).
         self._readers: dict[str, Reader] = {}
         for name, v in self.schemas.current.items():
             with contextlib.suppress(ValueError):
@@ -281,7 +281,7 @@ class Codec:
         """Single-object encoding, or the Confluent format when `schema_registry.url` is set."""
         if not settings.schema_registry.url:
             return cls()
-        from icareus_bridge.schema_registry import SchemaRegistryClient
+        from icareus_bridge.codec.registry import SchemaRegistryClient
 
         auth = settings.schema_registry.basic_auth_user_info
         registry = SchemaRegistryClient(

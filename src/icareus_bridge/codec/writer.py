@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from icareus_bridge.avro_reader import OutOfRange
+from icareus_bridge.codec.reader import OutOfRange
 
 Writer = Callable[[Any], bytes]
 

@@ -86,7 +86,7 @@ def _length(data, pos):
 class OutOfRange(ValueError):
     """A number an Avro long (64 bits) or int (32 bits) cannot hold. Read: a varint of more
     than 10 (int: 5) bytes or over the type's bits, which fastavro wraps around silently.
-    Written (`avro_writer`): the message names the field."""
+    Written (`codec/writer.py`): the message names the field."""
 
 
 class InvalidBoolean(ValueError):
