@@ -11,7 +11,8 @@ import fastavro
 import pytest
 
 from icareus_bridge.codec import Codec, state_to_avro
-from icareus_bridge.codec.writer import UnsupportedSchema, compile_writer
+from icareus_bridge.codec.errors import UnsupportedSchema
+from icareus_bridge.codec.writer import compile_writer
 from icareus_bridge.config import Distributor, ProviderSettings
 from icareus_bridge.core.feedback import apply_result, rejection_result
 from icareus_bridge.core.model import (

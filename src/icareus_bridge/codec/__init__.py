@@ -1,5 +1,6 @@
 """Avro of every topic <-> domain models: between the Kafka edge (`kafka/`) and the stages."""
 
+from icareus_bridge.codec.errors import DecodeError, DecodeReason, EncodeError, SchemaRegistryError
 from icareus_bridge.codec.records import (
     EVENT,
     REQUEST,
@@ -8,10 +9,6 @@ from icareus_bridge.codec.records import (
     SINGLE_OBJECT_MAGIC,
     STATE,
     Codec,
-    DecodeError,
-    DecodeReason,
-    EncodeError,
-    SchemaRegistryError,
     SchemaSet,
     SchemaVersion,
     default_codec,

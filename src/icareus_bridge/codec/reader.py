@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from icareus_bridge.codec.errors import InvalidBoolean, OutOfRange
+
 Reader = Callable[[bytes, int], tuple[Any, int]]
 
 
@@ -83,14 +85,14 @@ def _length(data, pos):
 """
 
 
-class OutOfRange(ValueError):
-    """A number an Avro long (64 bits) or int (32 bits) cannot hold. Read: a varint of more
-    than 10 (int: 5) bytes or over the type's bits, which fastavro wraps around silently.
-    Written (`codec/writer.py`): the message names the field."""
-
-
-class InvalidBoolean(ValueError):
-    """A boolean byte other than 0 or 1 (fastavro reads any non-zero byte as true)."""
+def full_name(schema: Mapping[str, Any], namespace: str) -> str:
+    """The full name of a named schema (record, enum, fixed) met inside `namespace`, as the
+    Avro specification resolves it; the compiled reader and writer both name types by it."""
+    name = str(schema["name"])
+    if "." in name:
+        return name
+    ns = schema.get("namespace", namespace)
+    return f"{ns}.{name}" if ns else name
 
 
 class _Compiler:
@@ -125,14 +127,6 @@ class _Compiler:
         name = f"{prefix}{len(self.env)}"
         self.env[name] = value
         return name
-
-    @staticmethod
-    def full_name(schema: Mapping[str, Any], namespace: str) -> str:
-        name = str(schema["name"])
-        if "." in name:
-            return name
-        ns = schema.get("namespace", namespace)
-        return f"{ns}.{name}" if ns else name
 
     def long(self, out: str, ind: str, helper: str = "_long") -> list[str]:
         return [
@@ -187,13 +181,13 @@ class _Compiler:
             return lines
         t = schema["type"]
         if t == "record":
-            full = self.full_name(schema, namespace)
+            full = full_name(schema, namespace)
             if full in self.inlining:  # a recursive type: call its own function
                 fn = self.record(schema, namespace)
                 return [f"{ind}{out}, pos = {fn}(data, pos)"]
             return self.inline_record(schema, full, out, ind)
         if t == "enum":
-            full = self.full_name(schema, namespace)
+            full = full_name(schema, namespace)
             self.named[full] = schema
             values = tuple(self.enums.get(full, schema["symbols"]))
             symbols = self.constant("E", values)
@@ -258,7 +252,7 @@ class _Compiler:
         return lines + self.build(full, out, f"{{{', '.join(fields)}}}", ind)
 
     def record(self, schema: Mapping[str, Any], namespace: str) -> str:
-        full = self.full_name(schema, namespace)
+        full = full_name(schema, namespace)
         if full in self.records:
             return self.records[full]
         fn = f"r{len(self.records)}_{full.rsplit('.', 1)[-1]}"
@@ -303,4 +297,4 @@ def compile_reader(
     return read
 
 
-__all__ = ["Builder", "Instance", "InvalidBoolean", "OutOfRange", "Reader", "compile_reader"]
+__all__ = ["Builder", "Instance", "Reader", "compile_reader", "full_name"]

@@ -14,7 +14,6 @@ import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -24,8 +23,17 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
-from icareus_bridge.codec.reader import Instance, OutOfRange, Reader, compile_reader
-from icareus_bridge.codec.writer import UnsupportedSchema, Writer, compile_writer
+from icareus_bridge.codec.errors import (
+    DecodeError,
+    DecodeReason,
+    EncodeError,
+    OutOfRange,
+    UnsupportedSchema,
+    field_problems,
+)
+from icareus_bridge.codec.reader import Instance, Reader, compile_reader
+from icareus_bridge.codec.registry import SchemaRegistryClient
+from icareus_bridge.codec.writer import Writer, compile_writer
 from icareus_bridge.core.model import (
     AccountState,
     Action,
@@ -66,43 +74,6 @@ SCHEMA_FILES: dict[str, str] = {
 }
 
 _KNOWN_ACTIONS = frozenset(a.value for a in ActionCode)
-
-
-class DecodeReason(StrEnum):
-    """Why bytes did not become a valid record; the dead letter's `dlq.reason`."""
-
-    NOT_AVRO = "NOT_AVRO"  # neither single-object nor Confluent framing
-    UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"  # fingerprint / schema id unknown, or unreadable by ours
-    MALFORMED = "MALFORMED"  # the body does not decode with its writer schema
-    INVALID = "INVALID"  # decodes, but breaks a rule of the domain model
-
-
-class DecodeError(Exception):
-    """Input that cannot be used. `stage` is `decode` or `validate` (the `dlq.stage` header);
-    `field` names the offending field (dotted path) when there is one."""
-
-    def __init__(self, reason: DecodeReason, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.field = field
-
-    @property
-    def stage(self) -> str:
-        return "validate" if self.reason is DecodeReason.INVALID else "decode"
-
-
-class EncodeError(ValueError):
-    """A record the current schema cannot hold (a long outside 64 bits, an int outside 32, a
-    missing field, a value of the wrong type); the message names the record and the field."""
-
-    def __init__(self, record: str, message: str) -> None:
-        super().__init__(f"{record}: {message}")
-        self.record = record
-
-
-class SchemaRegistryError(Exception):
-    """The schema registry could not be reached or answered badly: not the input's fault, so
-    the caller retries instead of dead-lettering."""
 
 
 # --- schemas ---------------------------------------------------------------------------------
@@ -281,8 +252,6 @@ class Codec:
         """Single-object encoding, or the Confluent format when `schema_registry.url` is set."""
         if not settings.schema_registry.url:
             return cls()
-        from icareus_bridge.codec.registry import SchemaRegistryClient
-
         auth = settings.schema_registry.basic_auth_user_info
         registry = SchemaRegistryClient(
             settings.schema_registry.url,
@@ -526,15 +495,13 @@ def default_codec() -> Codec:
 # --- validation (stage validate) -------------------------------------------------------------
 
 
-def _field_of(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return ".".join(str(p) for p in err["loc"]) or "<root>"
-
-
 def _message_of(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
-    )
+    return "; ".join(f"{p.field}: {p.message}" for p in field_problems(exc))
+
+
+def _invalid(exc: ValidationError) -> DecodeError:
+    """INVALID, naming the first field pydantic refused and listing every refusal."""
+    return DecodeError(DecodeReason.INVALID, _message_of(exc), field=field_problems(exc)[0].field)
 
 
 def _check_action(event: LifecycleEvent) -> LifecycleEvent:
@@ -552,7 +519,7 @@ def validate_event(obj: Mapping[str, Any]) -> LifecycleEvent:
     try:
         event = LifecycleEvent.model_validate(obj)
     except ValidationError as exc:
-        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+        raise _invalid(exc) from exc
     return _check_action(event)
 
 
@@ -566,7 +533,7 @@ def validate_event_json(text: str | bytes) -> LifecycleEvent:
             raise DecodeError(
                 DecodeReason.MALFORMED, f"not valid JSON: {_message_of(exc)}"
             ) from exc
-        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+        raise _invalid(exc) from exc
     return _check_action(event)
 
 
@@ -577,7 +544,7 @@ def _validated(model: type[_M], obj: Any) -> _M:
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+        raise _invalid(exc) from exc
 
 
 # --- state record <-> Avro shape -------------------------------------------------------------
@@ -635,23 +602,24 @@ def state_from_avro(obj: Mapping[str, Any]) -> SubscriptionRecord:
             }
         )
     except ValidationError as exc:
-        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+        raise _invalid(exc) from exc
 
 
 __all__ = [
     "EVENT",
     "REQUEST",
     "RESULT",
+    "SCHEMA_FILES",
+    "SINGLE_OBJECT_MAGIC",
     "STATE",
     "Codec",
-    "DecodeError",
-    "DecodeReason",
-    "EncodeError",
-    "SchemaRegistryError",
     "SchemaSet",
     "SchemaVersion",
     "default_codec",
+    "default_schemas_dir",
     "record_identity",
+    "state_from_avro",
+    "state_to_avro",
     "validate_event",
     "validate_event_json",
 ]
