@@ -32,7 +32,6 @@ from icareus_bridge.codec.errors import (
     field_problems,
 )
 from icareus_bridge.codec.reader import Instance, Reader, compile_reader
-from icareus_bridge.codec.registry import SchemaRegistryClient
 from icareus_bridge.codec.writer import Writer, compile_writer
 from icareus_bridge.core.model import (
     AccountState,
@@ -252,6 +251,9 @@ class Codec:
         """Single-object encoding, or the Confluent format when `schema_registry.url` is set."""
         if not settings.schema_registry.url:
             return cls()
+        # Imported here: httpx is slow to import and most commands never reach a registry.
+        from icareus_bridge.codec.registry import SchemaRegistryClient
+
         auth = settings.schema_registry.basic_auth_user_info
         registry = SchemaRegistryClient(
             settings.schema_registry.url,
