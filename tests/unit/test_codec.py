@@ -304,3 +304,114 @@ def test_compiled_event_reader_refuses_truncated_bytes(
     with pytest.raises(DecodeError) as err:
         default_codec().decode_event(encoded[:cut])
     assert err.value.reason is DecodeReason.MALFORMED
+
+
+# --- the requests topic's one decode: a request, or a forwarded CRM event ------------------
+
+
+def _request_then_event(codec: Codec, data: bytes) -> object:
+    """The two decodes a reader of the requests topic used to do, for comparison."""
+    try:
+        return codec.decode_request(data)
+    except DecodeError as not_a_request:
+        try:
+            return codec.decode_event(data)
+        except DecodeError:
+            raise not_a_request from None
+
+
+def _outcome(decode: Any, data: bytes) -> object:
+    try:
+        return decode(data)
+    except DecodeError as exc:
+        return (exc.reason, str(exc), exc.field, exc.stage)
+
+
+def _inbound_samples() -> list[bytes]:
+    codec = default_codec()
+    decision = plan(None, EVENT_OBJ, provider())
+    bad_event = EVENT_OBJ.model_dump()
+    bad_event["action"]["code"] = "TELEPORT_SUBSCRIPTION"
+    samples = [
+        codec.encode_request(decision.requests[0]),
+        codec.encode_event(event("RESET_SUBSCRIPTION", SUB)),
+        codec.encode_event(EVENT_OBJ),
+        codec.encode(EVENT, bad_event),
+        codec.encode_result(rejection_result(decision.rejections[0], EVENT_OBJ))
+        if decision.rejections
+        else codec.encode_event(EVENT_OBJ),
+        codec.encode_state(decision.state) or b"",
+        b"",
+        b'{"request_id": "r1"}',
+        codec.encode_event(EVENT_OBJ) + b"\x00",
+    ]
+    with_unknown_fingerprint = bytearray(samples[0])
+    with_unknown_fingerprint[5] ^= 0xFF
+    samples.append(bytes(with_unknown_fingerprint))
+    return samples
+
+
+_INBOUND = _inbound_samples()
+
+
+def test_inbound_decode_gives_a_request_or_a_forwarded_event() -> None:
+    codec = default_codec()
+    decision = plan(None, EVENT_OBJ, provider())
+    request = decision.requests[0]
+    assert codec.decode_inbound(codec.encode_request(request)) == request
+    reset = event("RESET_SUBSCRIPTION", SUB)
+    got = codec.decode_inbound(codec.encode_event(reset))
+    assert isinstance(got, LifecycleEvent) and got == reset
+    assert got.action.code == ActionCode.RESET_SUBSCRIPTION
+
+
+def test_inbound_decode_refuses_what_is_no_valid_request_or_event_as_a_request() -> None:
+    bad = EVENT_OBJ.model_dump()
+    bad["action"]["code"] = "TELEPORT_SUBSCRIPTION"
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode_inbound(default_codec().encode(EVENT, bad))
+    assert err.value.reason is DecodeReason.UNKNOWN_SCHEMA
+    assert str(err.value) == "expected ProvisioningRequest, got SubscriptionLifecycleEvent"
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode_inbound(default_codec().encode_event(EVENT_OBJ)[:30])
+    assert err.value.reason is DecodeReason.MALFORMED
+    state = default_codec().encode_state(plan(None, EVENT_OBJ, provider()).state)
+    assert state is not None
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode_inbound(state)
+    assert str(err.value) == "expected ProvisioningRequest, got SubscriptionRecord"
+
+
+@pytest.mark.parametrize("index", range(len(_INBOUND)))
+def test_inbound_decode_agrees_with_a_request_decode_then_an_event_decode(index: int) -> None:
+    data = _INBOUND[index]
+    codec = default_codec()
+    assert _outcome(codec.decode_inbound, data) == _outcome(
+        lambda d: _request_then_event(codec, d), data
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(_INBOUND), st.data())
+def test_inbound_decode_agrees_on_cut_and_corrupted_bytes(base: bytes, data: st.DataObject) -> None:
+    raw = bytearray(base)
+    if raw and data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(min_value=0, max_value=len(raw) - 1))]
+    for _ in range(data.draw(st.integers(min_value=0, max_value=3))):
+        if raw:
+            at = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+            raw[at] = data.draw(st.integers(min_value=0, max_value=255))
+    codec = default_codec()
+    assert _outcome(codec.decode_inbound, bytes(raw)) == _outcome(
+        lambda d: _request_then_event(codec, d), bytes(raw)
+    )
+
+
+def test_inbound_decode_reads_the_registry_format(registry_url: str) -> None:
+    codec = Codec(SchemaSet(), registry=SchemaRegistryClient(registry_url))
+    request = plan(None, EVENT_OBJ, provider()).requests[0]
+    reset = event("RESET_SUBSCRIPTION", SUB)
+    assert codec.decode_inbound(codec.encode_request(request)) == request
+    assert codec.decode_inbound(codec.encode_event(reset)) == reset
+    reader = Codec(SchemaSet(), registry=SchemaRegistryClient(registry_url))
+    assert reader.decode_inbound(codec.encode_event(reset)) == reset

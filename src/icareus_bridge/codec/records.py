@@ -294,6 +294,12 @@ class Codec:
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         """(short record name, record as a dict in the current schema's shape), or DecodeError."""
+        name, offset, writer = self._frame(data)
+        return name, self._read(data, offset, name, writer)
+
+    def _frame(self, data: bytes) -> tuple[str, int, Any]:
+        """(short record name, offset of the body, parsed writer schema) from the framing alone,
+        or DecodeError (NOT_AVRO, UNKNOWN_SCHEMA): what to read the body with, unread."""
         if len(data) >= _SINGLE_OBJECT_HEADER and data[:2] == SINGLE_OBJECT_MAGIC:
             writer = self.schemas.by_fingerprint.get(data[2:_SINGLE_OBJECT_HEADER])
             if writer is None:
@@ -301,10 +307,10 @@ class Codec:
                     DecodeReason.UNKNOWN_SCHEMA,
                     f"unknown writer schema fingerprint {data[2:10].hex()}",
                 )
-            return writer.name, self._read(data, _SINGLE_OBJECT_HEADER, writer.name, writer.parsed)
+            return writer.name, _SINGLE_OBJECT_HEADER, writer.parsed
         if len(data) >= _CONFLUENT_HEADER and data[0] == CONFLUENT_MAGIC and self.registry:
             name, parsed = self._registry_writer(int.from_bytes(data[1:5], "big"))
-            return name, self._read(data, _CONFLUENT_HEADER, name, parsed)
+            return name, _CONFLUENT_HEADER, parsed
         raise DecodeError(
             DecodeReason.NOT_AVRO,
             f"not Avro single-object or registry framing (first bytes {data[:4].hex() or 'none'})",
@@ -420,6 +426,31 @@ class Codec:
 
     def decode_request(self, data: bytes) -> ProvisioningRequest:
         return _validated(ProvisioningRequest, self._decode_as(data, REQUEST))
+
+    def decode_inbound(self, data: bytes) -> ProvisioningRequest | LifecycleEvent:
+        """One record of the requests topic, decoded once: a request, or the one other record
+        there, a CRM event the planner forwards (RESET_SUBSCRIPTION; the caller checks the code).
+        Branches on the writer schema's name. Bytes that are neither a valid request nor a valid
+        event raise the DecodeError `decode_request` raises for them."""
+        name, offset, writer = self._frame(data)
+        if name == EVENT:
+            try:
+                return self._event_at(data, offset, writer)
+            except DecodeError as exc:
+                if exc.reason is not DecodeReason.INVALID:
+                    raise  # the body does not decode: the same error as a request's read
+            raise DecodeError(DecodeReason.UNKNOWN_SCHEMA, f"expected {REQUEST}, got {EVENT}")
+        obj = self._read(data, offset, name, writer)
+        if name != REQUEST:
+            raise DecodeError(DecodeReason.UNKNOWN_SCHEMA, f"expected {REQUEST}, got {name}")
+        return _validated(ProvisioningRequest, obj)
+
+    def _event_at(self, data: bytes, offset: int, writer: Any) -> LifecycleEvent:
+        """The event whose body starts at `offset`, written with `writer` (as decode_event)."""
+        reader = self._event_reader
+        if reader is not None and writer is self.schemas.current[EVENT].parsed:
+            return _check_action(_run_compiled(reader, data, offset, EVENT))
+        return validate_event(self._read(data, offset, EVENT, writer))
 
     def encode_result(self, result: ProvisioningResult) -> bytes:
         return self._encode_model(RESULT, result)
