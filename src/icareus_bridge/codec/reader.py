@@ -141,44 +141,9 @@ class _Compiler:
     def value(self, schema: Any, out: str, ind: str, namespace: str) -> list[str]:
         """Lines that read one value of `schema` into the local `out`."""
         if isinstance(schema, str):
-            if schema == "long":
-                return self.long(out, ind)
-            if schema == "int":
-                return self.long(out, ind, "_int")
-            if schema == "string":
-                n = self.tmp()
-                return [
-                    f"{ind}{n} = _LEN[data[pos]]",
-                    f"{ind}if {n} < 0:",
-                    f"{ind}    {n}, pos = _length(data, pos)",
-                    f"{ind}else:",
-                    f"{ind}    pos += 1",
-                    f"{ind}end = pos + {n}",
-                    f"{ind}{out} = data[pos:end].decode()",
-                    f"{ind}pos = end",
-                ]
-            if schema == "boolean":
-                return [
-                    f"{ind}b = data[pos]",
-                    f"{ind}if b > 1:",
-                    f"{ind}    raise InvalidBoolean('boolean byte is neither 0 nor 1')",
-                    f"{ind}{out} = b == 1",
-                    f"{ind}pos += 1",
-                ]
-            if schema == "null":
-                return [f"{ind}{out} = None"]
-            full = schema if "." in schema else f"{namespace}.{schema}" if namespace else schema
-            if full in self.named:
-                return self.value(self.named[full], out, ind, namespace)
-            raise ValueError(f"unsupported Avro type {schema!r}")
+            return self.named_or_primitive(schema, out, ind, namespace)
         if isinstance(schema, list):
-            idx = self.tmp()
-            lines = self.long(idx, ind)
-            for k, branch in enumerate(schema):
-                lines.append(f"{ind}{'if' if k == 0 else 'elif'} {idx} == {k}:")
-                lines += self.value(branch, out, ind + "    ", namespace) or [f"{ind}    pass"]
-            lines += [f"{ind}else:", f"{ind}    raise IndexError('union branch out of range')"]
-            return lines
+            return self.union(schema, out, ind, namespace)
         t = schema["type"]
         if t == "record":
             full = full_name(schema, namespace)
@@ -187,43 +152,91 @@ class _Compiler:
                 return [f"{ind}{out}, pos = {fn}(data, pos)"]
             return self.inline_record(schema, full, out, ind)
         if t == "enum":
-            full = full_name(schema, namespace)
-            self.named[full] = schema
-            values = tuple(self.enums.get(full, schema["symbols"]))
-            symbols = self.constant("E", values)
-            # byte -> value for the single-byte indexes; a missing key is an invalid index
-            by_byte = self.constant("EB", {k << 1: v for k, v in enumerate(values) if k < 64})
-            idx = self.tmp()
-            return [
-                f"{ind}b = data[pos]",
-                f"{ind}if b < 128:",
-                f"{ind}    {out} = {by_byte}[b]",
-                f"{ind}    pos += 1",
-                f"{ind}else:",
-                f"{ind}    {idx}, pos = _long(data, pos)",
-                f"{ind}    if {idx} < 0:",
-                f"{ind}        raise IndexError('negative enum index')",
-                f"{ind}    {out} = {symbols}[{idx}]",
-            ]
+            return self.enum(schema, out, ind, namespace)
         if t == "array":
-            items, count, item = self.tmp(), self.tmp(), self.tmp()
-            lines = [f"{ind}{items} = []", f"{ind}while True:"]
-            inner = ind + "    "
-            lines += self.long(count, inner)
-            lines += [
-                f"{inner}if {count} == 0:",
-                f"{inner}    break",
-                f"{inner}if {count} < 0:",
-                f"{inner}    {count} = -{count}",
-                *self.long("_", inner + "    "),  # block size in bytes: not needed
-                f"{inner}for _ in range({count}):",
-            ]
-            lines += self.value(schema["items"], item, inner + "    ", namespace)
-            lines += [f"{inner}    {items}.append({item})", f"{ind}{out} = _seq({items})"]
-            return lines
+            return self.array(schema, out, ind, namespace)
         if t in ("long", "int", "string", "boolean", "null"):
             return self.value(t, out, ind, namespace)
         raise ValueError(f"unsupported Avro type {t!r}")
+
+    def named_or_primitive(self, schema: str, out: str, ind: str, namespace: str) -> list[str]:
+        """A type given by name: a primitive, or a named type defined earlier in the schema."""
+        if schema == "long":
+            return self.long(out, ind)
+        if schema == "int":
+            return self.long(out, ind, "_int")
+        if schema == "string":
+            n = self.tmp()
+            return [
+                f"{ind}{n} = _LEN[data[pos]]",
+                f"{ind}if {n} < 0:",
+                f"{ind}    {n}, pos = _length(data, pos)",
+                f"{ind}else:",
+                f"{ind}    pos += 1",
+                f"{ind}end = pos + {n}",
+                f"{ind}{out} = data[pos:end].decode()",
+                f"{ind}pos = end",
+            ]
+        if schema == "boolean":
+            return [
+                f"{ind}b = data[pos]",
+                f"{ind}if b > 1:",
+                f"{ind}    raise InvalidBoolean('boolean byte is neither 0 nor 1')",
+                f"{ind}{out} = b == 1",
+                f"{ind}pos += 1",
+            ]
+        if schema == "null":
+            return [f"{ind}{out} = None"]
+        full = schema if "." in schema else f"{namespace}.{schema}" if namespace else schema
+        if full in self.named:
+            return self.value(self.named[full], out, ind, namespace)
+        raise ValueError(f"unsupported Avro type {schema!r}")
+
+    def union(self, branches: list[Any], out: str, ind: str, namespace: str) -> list[str]:
+        idx = self.tmp()
+        lines = self.long(idx, ind)
+        for k, branch in enumerate(branches):
+            lines.append(f"{ind}{'if' if k == 0 else 'elif'} {idx} == {k}:")
+            lines += self.value(branch, out, ind + "    ", namespace) or [f"{ind}    pass"]
+        lines += [f"{ind}else:", f"{ind}    raise IndexError('union branch out of range')"]
+        return lines
+
+    def enum(self, schema: Mapping[str, Any], out: str, ind: str, namespace: str) -> list[str]:
+        full = full_name(schema, namespace)
+        self.named[full] = schema
+        values = tuple(self.enums.get(full, schema["symbols"]))
+        symbols = self.constant("E", values)
+        # byte -> value for the single-byte indexes; a missing key is an invalid index
+        by_byte = self.constant("EB", {k << 1: v for k, v in enumerate(values) if k < 64})
+        idx = self.tmp()
+        return [
+            f"{ind}b = data[pos]",
+            f"{ind}if b < 128:",
+            f"{ind}    {out} = {by_byte}[b]",
+            f"{ind}    pos += 1",
+            f"{ind}else:",
+            f"{ind}    {idx}, pos = _long(data, pos)",
+            f"{ind}    if {idx} < 0:",
+            f"{ind}        raise IndexError('negative enum index')",
+            f"{ind}    {out} = {symbols}[{idx}]",
+        ]
+
+    def array(self, schema: Mapping[str, Any], out: str, ind: str, namespace: str) -> list[str]:
+        items, count, item = self.tmp(), self.tmp(), self.tmp()
+        lines = [f"{ind}{items} = []", f"{ind}while True:"]
+        inner = ind + "    "
+        lines += self.long(count, inner)
+        lines += [
+            f"{inner}if {count} == 0:",
+            f"{inner}    break",
+            f"{inner}if {count} < 0:",
+            f"{inner}    {count} = -{count}",
+            *self.long("_", inner + "    "),  # block size in bytes: not needed
+            f"{inner}for _ in range({count}):",
+        ]
+        lines += self.value(schema["items"], item, inner + "    ", namespace)
+        lines += [f"{inner}    {items}.append({item})", f"{ind}{out} = _seq({items})"]
+        return lines
 
     def build(self, full: str, out: str, fields: str, ind: str) -> list[str]:
         how = self.builders.get(full, dict)
