@@ -1,4 +1,6 @@
-"""The one Avro codec of the bridge: bytes on every topic <-> domain models.
+"""The one Avro codec of the bridge: bytes on every topic <-> domain models (events, requests,
+results, state records), over the compiled reader and writer (`reader.py`, `writer.py`) and,
+when configured, the schema registry (`registry.py`); its errors are in `errors.py`.
 
 Default wire format is Avro single-object encoding (`C3 01`, 8-byte little-endian CRC-64-AVRO
 fingerprint of the writer schema's parsing canonical form, binary body); with a schema registry
