@@ -415,3 +415,37 @@ def test_inbound_decode_reads_the_registry_format(registry_url: str) -> None:
     assert codec.decode_inbound(codec.encode_event(reset)) == reset
     reader = Codec(SchemaSet(), registry=SchemaRegistryClient(registry_url))
     assert reader.decode_inbound(codec.encode_event(reset)) == reset
+
+
+# --- the one reading of a pydantic ValidationError -----------------------------------------
+
+
+def test_field_problems_name_each_refusal_by_its_dotted_path() -> None:
+    from pydantic import BaseModel, ValidationError, field_validator
+
+    from icareus_bridge.codec.errors import dotted, field_problems
+
+    class Inner(BaseModel):
+        n: int
+
+        @field_validator("n")
+        @classmethod
+        def positive(cls, v: int) -> int:
+            if v < 0:
+                raise ValueError("must be positive")
+            return v
+
+    class Outer(BaseModel):
+        items: list[Inner]
+
+    with pytest.raises(ValidationError) as err:
+        Outer.model_validate({"items": [{"n": 1}, {"n": -1}, {"n": "x"}]})
+    problems = field_problems(err.value)
+    assert [p.path for p in problems] == [("items", "1", "n"), ("items", "2", "n")]
+    assert [p.field for p in problems] == ["items.1.n", "items.2.n"]
+    assert isinstance(problems[0].cause, ValueError) and problems[1].cause is None
+    assert problems[0].message == "Value error, must be positive"
+    assert dotted(()) == "<root>"
+    with pytest.raises(ValidationError) as err:
+        Outer.model_validate([])
+    assert field_problems(err.value)[0].field == "<root>"
