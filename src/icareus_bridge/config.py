@@ -30,6 +30,8 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
+from icareus_bridge.codec.errors import dotted, field_problems
+
 ENV_PREFIX = "ICAREUS_BRIDGE__"
 
 # The key of the embedded `config/bridge.yaml`: public, so it may only sign calls to a
@@ -678,16 +680,14 @@ def _environment_variables(paths: Sequence[tuple[str, ...]]) -> list[str]:
 
 def _format_validation_error(exc: ValidationError) -> str:
     lines = []
-    for err in exc.errors():
-        loc = tuple(str(p) for p in err["loc"])
-        message = err["msg"]
-        cause = (err.get("ctx") or {}).get("error")
+    for problem in field_problems(exc):
+        loc, message, cause = problem
         paths = [loc]
         if isinstance(cause, ValueError):
             message = str(cause)  # without pydantic's "Value error, " in front
         if isinstance(cause, CrossCheckError):
             paths = [loc + tuple(k.split(".")) for k in cause.keys] or paths
-        line = f"  {'.'.join(paths[0]) or '<root>'}: {message}"
+        line = f"  {dotted(paths[0])}: {message}"
         variables = _environment_variables(paths)
         if variables:
             noun = "variable" if len(variables) == 1 else "variables"

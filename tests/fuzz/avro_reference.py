@@ -1,5 +1,5 @@
 """A strict Avro binary reader written for clarity, not speed, as the reference the compiled
-reader (`icareus_bridge.avro_reader`) is held to, plus random values and byte mutations for
+reader (`icareus_bridge.codec.reader`) is held to, plus random values and byte mutations for
 the schemas of `schemas/`.
 
 Strict means the Avro specification as Java's reader applies it: a long is at most 10 bytes

@@ -21,9 +21,10 @@ from fastavro.validation import validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icareus_bridge.avro_reader import compile_reader
-from icareus_bridge.avro_writer import OutOfRange, compile_writer
 from icareus_bridge.codec import EVENT, STATE, Codec, DecodeError, DecodeReason, EncodeError
+from icareus_bridge.codec.errors import OutOfRange
+from icareus_bridge.codec.reader import compile_reader
+from icareus_bridge.codec.writer import compile_writer
 from icareus_bridge.core.model import ActionCode
 from tests.fuzz.avro_reference import (
     INT_MAX,

@@ -10,8 +10,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from icareus_bridge.avro_reader import Instance, compile_reader
 from icareus_bridge.codec import DecodeError, DecodeReason, default_codec
+from icareus_bridge.codec.reader import Instance, compile_reader
 from icareus_bridge.core.model import Service, ServiceState, trusted_attributes
 from tests.unit.crm_events import event, item, subscription, svc
 

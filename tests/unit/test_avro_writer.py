@@ -10,8 +10,9 @@ from typing import Any
 import fastavro
 import pytest
 
-from icareus_bridge.avro_writer import UnsupportedSchema, compile_writer
 from icareus_bridge.codec import Codec, state_to_avro
+from icareus_bridge.codec.errors import UnsupportedSchema
+from icareus_bridge.codec.writer import compile_writer
 from icareus_bridge.config import Distributor, ProviderSettings
 from icareus_bridge.core.feedback import apply_result, rejection_result
 from icareus_bridge.core.model import (

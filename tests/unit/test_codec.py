@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from icareus_bridge.codec import (
     default_codec,
     validate_event,
 )
+from icareus_bridge.codec.registry import SchemaRegistryClient
 from icareus_bridge.core.feedback import rejection_result
 from icareus_bridge.core.model import (
     ActionCode,
@@ -33,7 +35,6 @@ from icareus_bridge.core.model import (
     SubscriptionState,
 )
 from icareus_bridge.core.plan import plan
-from icareus_bridge.schema_registry import SchemaRegistryClient
 from tests.unit.crm_events import event, item, provider, subscription, svc
 
 SUB = subscription(
@@ -207,6 +208,19 @@ def registry_url() -> Iterator[str]:
     server.server_close()
 
 
+def _registered_id(url: str, subject: str, schema: str) -> int | None:
+    """The id of `schema` under `subject` if registered there (the registry's lookup call)."""
+    resp = httpx.post(
+        f"{url}/subjects/{subject}",
+        content=json.dumps({"schema": schema}),
+        headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+    )
+    if resp.status_code == 404:
+        return None
+    resp.raise_for_status()
+    return int(resp.json()["id"])
+
+
 def test_registry_format_registers_under_topic_value_and_round_trips(registry_url: str) -> None:
     client = SchemaRegistryClient(registry_url)
     codec = Codec(
@@ -215,7 +229,8 @@ def test_registry_format_registers_under_topic_value_and_round_trips(registry_ur
     data = codec.encode_event(EVENT_OBJ)
     assert data[0] == 0 and int.from_bytes(data[1:5], "big") == 1
     assert _FakeRegistry.schemas[0][0] == "crm.subscription.lifecycle.v1-value"
-    assert client.lookup("crm.subscription.lifecycle.v1-value", _FakeRegistry.schemas[0][1]) == 1
+    subject, schema = _FakeRegistry.schemas[0]
+    assert _registered_id(registry_url, subject, schema) == 1
     # a fresh reader (empty caches) fetches the writer schema by id
     reader = Codec(SchemaSet(), registry=SchemaRegistryClient(registry_url))
     assert reader.decode_event(data) == EVENT_OBJ
@@ -289,3 +304,148 @@ def test_compiled_event_reader_refuses_truncated_bytes(
     with pytest.raises(DecodeError) as err:
         default_codec().decode_event(encoded[:cut])
     assert err.value.reason is DecodeReason.MALFORMED
+
+
+# --- the requests topic's one decode: a request, or a forwarded CRM event ------------------
+
+
+def _request_then_event(codec: Codec, data: bytes) -> object:
+    """The two decodes a reader of the requests topic used to do, for comparison."""
+    try:
+        return codec.decode_request(data)
+    except DecodeError as not_a_request:
+        try:
+            return codec.decode_event(data)
+        except DecodeError:
+            raise not_a_request from None
+
+
+def _outcome(decode: Any, data: bytes) -> object:
+    try:
+        return decode(data)
+    except DecodeError as exc:
+        return (exc.reason, str(exc), exc.field, exc.stage)
+
+
+def _inbound_samples() -> list[bytes]:
+    codec = default_codec()
+    decision = plan(None, EVENT_OBJ, provider())
+    bad_event = EVENT_OBJ.model_dump()
+    bad_event["action"]["code"] = "TELEPORT_SUBSCRIPTION"
+    samples = [
+        codec.encode_request(decision.requests[0]),
+        codec.encode_event(event("RESET_SUBSCRIPTION", SUB)),
+        codec.encode_event(EVENT_OBJ),
+        codec.encode(EVENT, bad_event),
+        codec.encode_result(rejection_result(decision.rejections[0], EVENT_OBJ))
+        if decision.rejections
+        else codec.encode_event(EVENT_OBJ),
+        codec.encode_state(decision.state) or b"",
+        b"",
+        b'{"request_id": "r1"}',
+        codec.encode_event(EVENT_OBJ) + b"\x00",
+    ]
+    with_unknown_fingerprint = bytearray(samples[0])
+    with_unknown_fingerprint[5] ^= 0xFF
+    samples.append(bytes(with_unknown_fingerprint))
+    return samples
+
+
+_INBOUND = _inbound_samples()
+
+
+def test_inbound_decode_gives_a_request_or_a_forwarded_event() -> None:
+    codec = default_codec()
+    decision = plan(None, EVENT_OBJ, provider())
+    request = decision.requests[0]
+    assert codec.decode_inbound(codec.encode_request(request)) == request
+    reset = event("RESET_SUBSCRIPTION", SUB)
+    got = codec.decode_inbound(codec.encode_event(reset))
+    assert isinstance(got, LifecycleEvent) and got == reset
+    assert got.action.code == ActionCode.RESET_SUBSCRIPTION
+
+
+def test_inbound_decode_refuses_what_is_no_valid_request_or_event_as_a_request() -> None:
+    bad = EVENT_OBJ.model_dump()
+    bad["action"]["code"] = "TELEPORT_SUBSCRIPTION"
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode_inbound(default_codec().encode(EVENT, bad))
+    assert err.value.reason is DecodeReason.UNKNOWN_SCHEMA
+    assert str(err.value) == "expected ProvisioningRequest, got SubscriptionLifecycleEvent"
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode_inbound(default_codec().encode_event(EVENT_OBJ)[:30])
+    assert err.value.reason is DecodeReason.MALFORMED
+    state = default_codec().encode_state(plan(None, EVENT_OBJ, provider()).state)
+    assert state is not None
+    with pytest.raises(DecodeError) as err:
+        default_codec().decode_inbound(state)
+    assert str(err.value) == "expected ProvisioningRequest, got SubscriptionRecord"
+
+
+@pytest.mark.parametrize("index", range(len(_INBOUND)))
+def test_inbound_decode_agrees_with_a_request_decode_then_an_event_decode(index: int) -> None:
+    data = _INBOUND[index]
+    codec = default_codec()
+    assert _outcome(codec.decode_inbound, data) == _outcome(
+        lambda d: _request_then_event(codec, d), data
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(_INBOUND), st.data())
+def test_inbound_decode_agrees_on_cut_and_corrupted_bytes(base: bytes, data: st.DataObject) -> None:
+    raw = bytearray(base)
+    if raw and data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(min_value=0, max_value=len(raw) - 1))]
+    for _ in range(data.draw(st.integers(min_value=0, max_value=3))):
+        if raw:
+            at = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+            raw[at] = data.draw(st.integers(min_value=0, max_value=255))
+    codec = default_codec()
+    assert _outcome(codec.decode_inbound, bytes(raw)) == _outcome(
+        lambda d: _request_then_event(codec, d), bytes(raw)
+    )
+
+
+def test_inbound_decode_reads_the_registry_format(registry_url: str) -> None:
+    codec = Codec(SchemaSet(), registry=SchemaRegistryClient(registry_url))
+    request = plan(None, EVENT_OBJ, provider()).requests[0]
+    reset = event("RESET_SUBSCRIPTION", SUB)
+    assert codec.decode_inbound(codec.encode_request(request)) == request
+    assert codec.decode_inbound(codec.encode_event(reset)) == reset
+    reader = Codec(SchemaSet(), registry=SchemaRegistryClient(registry_url))
+    assert reader.decode_inbound(codec.encode_event(reset)) == reset
+
+
+# --- the one reading of a pydantic ValidationError -----------------------------------------
+
+
+def test_field_problems_name_each_refusal_by_its_dotted_path() -> None:
+    from pydantic import BaseModel, ValidationError, field_validator
+
+    from icareus_bridge.codec.errors import dotted, field_problems
+
+    class Inner(BaseModel):
+        n: int
+
+        @field_validator("n")
+        @classmethod
+        def positive(cls, v: int) -> int:
+            if v < 0:
+                raise ValueError("must be positive")
+            return v
+
+    class Outer(BaseModel):
+        items: list[Inner]
+
+    with pytest.raises(ValidationError) as err:
+        Outer.model_validate({"items": [{"n": 1}, {"n": -1}, {"n": "x"}]})
+    problems = field_problems(err.value)
+    assert [p.path for p in problems] == [("items", "1", "n"), ("items", "2", "n")]
+    assert [p.field for p in problems] == ["items.1.n", "items.2.n"]
+    assert isinstance(problems[0].cause, ValueError) and problems[1].cause is None
+    assert problems[0].message == "Value error, must be positive"
+    assert dotted(()) == "<root>"
+    with pytest.raises(ValidationError) as err:
+        Outer.model_validate([])
+    assert field_problems(err.value)[0].field == "<root>"

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from icareus_bridge.codec import DecodeError, default_codec, validate_event_json
+from icareus_bridge.codec.errors import field_problems
 from icareus_bridge.config import load_settings
 from icareus_bridge.core.model import Decision, SubscriptionRecord
 from icareus_bridge.core.plan import plan
@@ -91,9 +92,8 @@ def _load_state(path: Path) -> SubscriptionRecord:
     try:
         return SubscriptionRecord.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "<root>"
-        raise _BadInput(f"--state: {path}: field {field}: {err['msg']}") from exc
+        first = field_problems(exc)[0]
+        raise _BadInput(f"--state: {path}: field {first.field}: {first.message}") from exc
 
 
 def explain(event_text: str, state: SubscriptionRecord | None, config: Path | None) -> Decision:

@@ -35,6 +35,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 
 from icareus_bridge.codec import Codec
 from icareus_bridge.config import Settings, load_settings
+from icareus_bridge.core.model import LifecycleEvent
 from icareus_bridge.kafka.admin import KafkaRefused, admin_client, first_contact
 from icareus_bridge.kafka.changelog import RestoreError, read_to_end
 from icareus_bridge.kafka.clients import (
@@ -234,12 +235,12 @@ def _dead_letter(msg: Any, codec: Codec) -> DeadLetter:
     request_id = request_type = event_id = None
     # Only ids and the type are taken from the value; a profile it holds is never kept.
     if value is not None and headers.get("dlq.stage") not in ("decode", "validate"):
-        try:
-            request = codec.decode_request(value)
-            request_id, request_type = request.request_id, request.type.value
-        except Exception:
-            with suppress(Exception):
-                event_id = codec.decode_event(value).event_id
+        with suppress(Exception):  # a request, or an event the planner or dispatcher refused
+            record = codec.decode_inbound(value)
+            if isinstance(record, LifecycleEvent):
+                event_id = record.event_id
+            else:
+                request_id, request_type = record.request_id, record.type.value
     elif value is not None and headers.get("dlq.stage") == "validate":
         with suppress(Exception):
             event_id = str(codec.decode(value)[1].get("event_id") or "") or None

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from icareus_bridge.codec import SchemaRegistryError
+from icareus_bridge.codec.errors import SchemaRegistryError
 
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
@@ -68,15 +68,6 @@ class SchemaRegistryClient:
         self._ids[key] = schema_id
         self._schemas[schema_id] = schema
         return schema_id
-
-    def lookup(self, subject: str, schema: str) -> int | None:
-        """The id of `schema` under `subject` if registered there, without registering it."""
-        resp = self._call("POST", f"/subjects/{subject}", {"schema": schema})
-        if resp.status_code == 404:
-            return None
-        if resp.status_code != 200:
-            raise SchemaRegistryError(f"schema registry lookup {subject}: HTTP {resp.status_code}")
-        return int(resp.json()["id"])
 
     def schema_by_id(self, schema_id: int) -> str | None:
         """The schema text registered under `schema_id`, or None when the registry has none."""

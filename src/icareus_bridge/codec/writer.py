@@ -13,15 +13,12 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from icareus_bridge.avro_reader import OutOfRange
+from icareus_bridge.codec.errors import OutOfRange, UnsupportedSchema
+from icareus_bridge.codec.reader import full_name
 
 Writer = Callable[[Any], bytes]
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-
-
-class UnsupportedSchema(Exception):
-    """A schema construct the compiler leaves to fastavro."""
 
 
 LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
@@ -75,14 +72,6 @@ class _Compiler:
         self.counter += 1
         return f"v{self.counter}"
 
-    @staticmethod
-    def full_name(schema: Mapping[str, Any], namespace: str) -> str:
-        name = str(schema["name"])
-        if "." in name:
-            return name
-        ns = schema.get("namespace", namespace)
-        return f"{ns}.{name}" if ns else name
-
     def resolve(self, schema: Any, namespace: str) -> tuple[Any, str]:
         if isinstance(schema, str) and schema not in _PRIMITIVES:
             full = schema if "." in schema else f"{namespace}.{schema}" if namespace else schema
@@ -96,18 +85,18 @@ class _Compiler:
         if isinstance(schema, str) and schema not in _PRIMITIVES:
             schema, ns = self.resolve(schema, ns)
             if isinstance(schema, dict) and schema.get("type") in ("record", "enum"):
-                full = self.full_name(schema, ns)
+                full = full_name(schema, ns)
                 return [f"{ind}{self.function_for(schema, full, ns)}(buf, {expr})"]
         if isinstance(schema, list):
             return self.union(schema, expr, ind, ns)
         if isinstance(schema, dict):
             t = schema["type"]
             if t in ("record", "error"):
-                full = self.full_name(schema, ns)
+                full = full_name(schema, ns)
                 self.named[full] = schema
                 return [f"{ind}{self.function_for(schema, full, ns)}(buf, {expr})"]
             if t == "enum":
-                full = self.full_name(schema, ns)
+                full = full_name(schema, ns)
                 self.named[full] = schema
                 return [f"{ind}{self.function_for(schema, full, ns)}(buf, {expr})"]
             if t == "array":
@@ -238,7 +227,7 @@ def compile_writer(schema: Mapping[str, Any]) -> Writer:
     if not isinstance(schema, Mapping) or schema.get("type") != "record":
         raise UnsupportedSchema("the top level must be a record")
     c = _Compiler()
-    full = c.full_name(schema, str(schema.get("namespace", "")))
+    full = full_name(schema, str(schema.get("namespace", "")))
     c.named[full] = schema
     top = c.function_for(schema, full, full.rsplit(".", 1)[0] if "." in full else "")
     source = "\n".join(c.functions)

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from icareus_bridge.codec.errors import InvalidBoolean, OutOfRange
+
 Reader = Callable[[bytes, int], tuple[Any, int]]
 
 
@@ -83,14 +85,14 @@ def _length(data, pos):
 """
 
 
-class OutOfRange(ValueError):
-    """A number an Avro long (64 bits) or int (32 bits) cannot hold. Read: a varint of more
-    than 10 (int: 5) bytes or over the type's bits, which fastavro wraps around silently.
-    Written (`avro_writer`): the message names the field."""
-
-
-class InvalidBoolean(ValueError):
-    """A boolean byte other than 0 or 1 (fastavro reads any non-zero byte as true)."""
+def full_name(schema: Mapping[str, Any], namespace: str) -> str:
+    """The full name of a named schema (record, enum, fixed) met inside `namespace`, as the
+    Avro specification resolves it; the compiled reader and writer both name types by it."""
+    name = str(schema["name"])
+    if "." in name:
+        return name
+    ns = schema.get("namespace", namespace)
+    return f"{ns}.{name}" if ns else name
 
 
 class _Compiler:
@@ -126,14 +128,6 @@ class _Compiler:
         self.env[name] = value
         return name
 
-    @staticmethod
-    def full_name(schema: Mapping[str, Any], namespace: str) -> str:
-        name = str(schema["name"])
-        if "." in name:
-            return name
-        ns = schema.get("namespace", namespace)
-        return f"{ns}.{name}" if ns else name
-
     def long(self, out: str, ind: str, helper: str = "_long") -> list[str]:
         return [
             f"{ind}b = data[pos]",
@@ -147,89 +141,102 @@ class _Compiler:
     def value(self, schema: Any, out: str, ind: str, namespace: str) -> list[str]:
         """Lines that read one value of `schema` into the local `out`."""
         if isinstance(schema, str):
-            if schema == "long":
-                return self.long(out, ind)
-            if schema == "int":
-                return self.long(out, ind, "_int")
-            if schema == "string":
-                n = self.tmp()
-                return [
-                    f"{ind}{n} = _LEN[data[pos]]",
-                    f"{ind}if {n} < 0:",
-                    f"{ind}    {n}, pos = _length(data, pos)",
-                    f"{ind}else:",
-                    f"{ind}    pos += 1",
-                    f"{ind}end = pos + {n}",
-                    f"{ind}{out} = data[pos:end].decode()",
-                    f"{ind}pos = end",
-                ]
-            if schema == "boolean":
-                return [
-                    f"{ind}b = data[pos]",
-                    f"{ind}if b > 1:",
-                    f"{ind}    raise InvalidBoolean('boolean byte is neither 0 nor 1')",
-                    f"{ind}{out} = b == 1",
-                    f"{ind}pos += 1",
-                ]
-            if schema == "null":
-                return [f"{ind}{out} = None"]
-            full = schema if "." in schema else f"{namespace}.{schema}" if namespace else schema
-            if full in self.named:
-                return self.value(self.named[full], out, ind, namespace)
-            raise ValueError(f"unsupported Avro type {schema!r}")
+            return self.named_or_primitive(schema, out, ind, namespace)
         if isinstance(schema, list):
-            idx = self.tmp()
-            lines = self.long(idx, ind)
-            for k, branch in enumerate(schema):
-                lines.append(f"{ind}{'if' if k == 0 else 'elif'} {idx} == {k}:")
-                lines += self.value(branch, out, ind + "    ", namespace) or [f"{ind}    pass"]
-            lines += [f"{ind}else:", f"{ind}    raise IndexError('union branch out of range')"]
-            return lines
+            return self.union(schema, out, ind, namespace)
         t = schema["type"]
         if t == "record":
-            full = self.full_name(schema, namespace)
+            full = full_name(schema, namespace)
             if full in self.inlining:  # a recursive type: call its own function
                 fn = self.record(schema, namespace)
                 return [f"{ind}{out}, pos = {fn}(data, pos)"]
             return self.inline_record(schema, full, out, ind)
         if t == "enum":
-            full = self.full_name(schema, namespace)
-            self.named[full] = schema
-            values = tuple(self.enums.get(full, schema["symbols"]))
-            symbols = self.constant("E", values)
-            # byte -> value for the single-byte indexes; a missing key is an invalid index
-            by_byte = self.constant("EB", {k << 1: v for k, v in enumerate(values) if k < 64})
-            idx = self.tmp()
-            return [
-                f"{ind}b = data[pos]",
-                f"{ind}if b < 128:",
-                f"{ind}    {out} = {by_byte}[b]",
-                f"{ind}    pos += 1",
-                f"{ind}else:",
-                f"{ind}    {idx}, pos = _long(data, pos)",
-                f"{ind}    if {idx} < 0:",
-                f"{ind}        raise IndexError('negative enum index')",
-                f"{ind}    {out} = {symbols}[{idx}]",
-            ]
+            return self.enum(schema, out, ind, namespace)
         if t == "array":
-            items, count, item = self.tmp(), self.tmp(), self.tmp()
-            lines = [f"{ind}{items} = []", f"{ind}while True:"]
-            inner = ind + "    "
-            lines += self.long(count, inner)
-            lines += [
-                f"{inner}if {count} == 0:",
-                f"{inner}    break",
-                f"{inner}if {count} < 0:",
-                f"{inner}    {count} = -{count}",
-                *self.long("_", inner + "    "),  # block size in bytes: not needed
-                f"{inner}for _ in range({count}):",
-            ]
-            lines += self.value(schema["items"], item, inner + "    ", namespace)
-            lines += [f"{inner}    {items}.append({item})", f"{ind}{out} = _seq({items})"]
-            return lines
+            return self.array(schema, out, ind, namespace)
         if t in ("long", "int", "string", "boolean", "null"):
             return self.value(t, out, ind, namespace)
         raise ValueError(f"unsupported Avro type {t!r}")
+
+    def named_or_primitive(self, schema: str, out: str, ind: str, namespace: str) -> list[str]:
+        """A type given by name: a primitive, or a named type defined earlier in the schema."""
+        if schema == "long":
+            return self.long(out, ind)
+        if schema == "int":
+            return self.long(out, ind, "_int")
+        if schema == "string":
+            n = self.tmp()
+            return [
+                f"{ind}{n} = _LEN[data[pos]]",
+                f"{ind}if {n} < 0:",
+                f"{ind}    {n}, pos = _length(data, pos)",
+                f"{ind}else:",
+                f"{ind}    pos += 1",
+                f"{ind}end = pos + {n}",
+                f"{ind}{out} = data[pos:end].decode()",
+                f"{ind}pos = end",
+            ]
+        if schema == "boolean":
+            return [
+                f"{ind}b = data[pos]",
+                f"{ind}if b > 1:",
+                f"{ind}    raise InvalidBoolean('boolean byte is neither 0 nor 1')",
+                f"{ind}{out} = b == 1",
+                f"{ind}pos += 1",
+            ]
+        if schema == "null":
+            return [f"{ind}{out} = None"]
+        full = schema if "." in schema else f"{namespace}.{schema}" if namespace else schema
+        if full in self.named:
+            return self.value(self.named[full], out, ind, namespace)
+        raise ValueError(f"unsupported Avro type {schema!r}")
+
+    def union(self, branches: list[Any], out: str, ind: str, namespace: str) -> list[str]:
+        idx = self.tmp()
+        lines = self.long(idx, ind)
+        for k, branch in enumerate(branches):
+            lines.append(f"{ind}{'if' if k == 0 else 'elif'} {idx} == {k}:")
+            lines += self.value(branch, out, ind + "    ", namespace) or [f"{ind}    pass"]
+        lines += [f"{ind}else:", f"{ind}    raise IndexError('union branch out of range')"]
+        return lines
+
+    def enum(self, schema: Mapping[str, Any], out: str, ind: str, namespace: str) -> list[str]:
+        full = full_name(schema, namespace)
+        self.named[full] = schema
+        values = tuple(self.enums.get(full, schema["symbols"]))
+        symbols = self.constant("E", values)
+        # byte -> value for the single-byte indexes; a missing key is an invalid index
+        by_byte = self.constant("EB", {k << 1: v for k, v in enumerate(values) if k < 64})
+        idx = self.tmp()
+        return [
+            f"{ind}b = data[pos]",
+            f"{ind}if b < 128:",
+            f"{ind}    {out} = {by_byte}[b]",
+            f"{ind}    pos += 1",
+            f"{ind}else:",
+            f"{ind}    {idx}, pos = _long(data, pos)",
+            f"{ind}    if {idx} < 0:",
+            f"{ind}        raise IndexError('negative enum index')",
+            f"{ind}    {out} = {symbols}[{idx}]",
+        ]
+
+    def array(self, schema: Mapping[str, Any], out: str, ind: str, namespace: str) -> list[str]:
+        items, count, item = self.tmp(), self.tmp(), self.tmp()
+        lines = [f"{ind}{items} = []", f"{ind}while True:"]
+        inner = ind + "    "
+        lines += self.long(count, inner)
+        lines += [
+            f"{inner}if {count} == 0:",
+            f"{inner}    break",
+            f"{inner}if {count} < 0:",
+            f"{inner}    {count} = -{count}",
+            *self.long("_", inner + "    "),  # block size in bytes: not needed
+            f"{inner}for _ in range({count}):",
+        ]
+        lines += self.value(schema["items"], item, inner + "    ", namespace)
+        lines += [f"{inner}    {items}.append({item})", f"{ind}{out} = _seq({items})"]
+        return lines
 
     def build(self, full: str, out: str, fields: str, ind: str) -> list[str]:
         how = self.builders.get(full, dict)
@@ -258,7 +265,7 @@ class _Compiler:
         return lines + self.build(full, out, f"{{{', '.join(fields)}}}", ind)
 
     def record(self, schema: Mapping[str, Any], namespace: str) -> str:
-        full = self.full_name(schema, namespace)
+        full = full_name(schema, namespace)
         if full in self.records:
             return self.records[full]
         fn = f"r{len(self.records)}_{full.rsplit('.', 1)[-1]}"
@@ -303,4 +310,4 @@ def compile_reader(
     return read
 
 
-__all__ = ["Builder", "Instance", "InvalidBoolean", "OutOfRange", "Reader", "compile_reader"]
+__all__ = ["Builder", "Instance", "Reader", "compile_reader", "full_name"]

@@ -1,4 +1,6 @@
-"""The one Avro codec of the bridge: bytes on every topic <-> domain models.
+"""The one Avro codec of the bridge: bytes on every topic <-> domain models (events, requests,
+results, state records), over the compiled reader and writer (`reader.py`, `writer.py`) and,
+when configured, the schema registry (`registry.py`); its errors are in `errors.py`.
 
 Default wire format is Avro single-object encoding (`C3 01`, 8-byte little-endian CRC-64-AVRO
 fingerprint of the writer schema's parsing canonical form, binary body); with a schema registry
@@ -14,7 +16,6 @@ import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -24,8 +25,16 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
-from icareus_bridge.avro_reader import Instance, OutOfRange, Reader, compile_reader
-from icareus_bridge.avro_writer import UnsupportedSchema, Writer, compile_writer
+from icareus_bridge.codec.errors import (
+    DecodeError,
+    DecodeReason,
+    EncodeError,
+    OutOfRange,
+    UnsupportedSchema,
+    field_problems,
+)
+from icareus_bridge.codec.reader import Instance, Reader, compile_reader
+from icareus_bridge.codec.writer import Writer, compile_writer
 from icareus_bridge.core.model import (
     AccountState,
     Action,
@@ -45,8 +54,8 @@ from icareus_bridge.core.model import (
 )
 
 if TYPE_CHECKING:
+    from icareus_bridge.codec.registry import SchemaRegistryClient
     from icareus_bridge.config import Settings
-    from icareus_bridge.schema_registry import SchemaRegistryClient
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
@@ -68,49 +77,12 @@ SCHEMA_FILES: dict[str, str] = {
 _KNOWN_ACTIONS = frozenset(a.value for a in ActionCode)
 
 
-class DecodeReason(StrEnum):
-    """Why bytes did not become a valid record; the dead letter's `dlq.reason`."""
-
-    NOT_AVRO = "NOT_AVRO"  # neither single-object nor Confluent framing
-    UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"  # fingerprint / schema id unknown, or unreadable by ours
-    MALFORMED = "MALFORMED"  # the body does not decode with its writer schema
-    INVALID = "INVALID"  # decodes, but breaks a rule of the domain model
-
-
-class DecodeError(Exception):
-    """Input that cannot be used. `stage` is `decode` or `validate` (the `dlq.stage` header);
-    `field` names the offending field (dotted path) when there is one."""
-
-    def __init__(self, reason: DecodeReason, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.field = field
-
-    @property
-    def stage(self) -> str:
-        return "validate" if self.reason is DecodeReason.INVALID else "decode"
-
-
-class EncodeError(ValueError):
-    """A record the current schema cannot hold (a long outside 64 bits, an int outside 32, a
-    missing field, a value of the wrong type); the message names the record and the field."""
-
-    def __init__(self, record: str, message: str) -> None:
-        super().__init__(f"{record}: {message}")
-        self.record = record
-
-
-class SchemaRegistryError(Exception):
-    """The schema registry could not be reached or answered badly: not the input's fault, so
-    the caller retries instead of dead-lettering."""
-
-
 # --- schemas ---------------------------------------------------------------------------------
 
 
 def default_schemas_dir() -> Path:
     """`schemas/` of a source checkout, else a copy packaged with the code."""
-    repo_copy = Path(__file__).resolve().parents[2] / "schemas"
+    repo_copy = Path(__file__).resolve().parents[3] / "schemas"
     if repo_copy.is_dir():
         return repo_copy
     return Path(str(resources.files("icareus_bridge").joinpath("schemas")))
@@ -268,7 +240,7 @@ class Codec:
                 self._writers[name] = compile_writer(json.loads(v.source))
         self._event_reader = _event_models_reader(self.schemas.current[EVENT])
         # Compiled readers (plain dicts, fastavro's shape) for bodies written with a current
-        # schema: stricter than fastavro on numbers out of range (see avro_reader).
+        # schema: stricter than fastavro on numbers out of range (see codec/reader.py).
         self._readers: dict[str, Reader] = {}
         for name, v in self.schemas.current.items():
             with contextlib.suppress(ValueError):
@@ -281,7 +253,8 @@ class Codec:
         """Single-object encoding, or the Confluent format when `schema_registry.url` is set."""
         if not settings.schema_registry.url:
             return cls()
-        from icareus_bridge.schema_registry import SchemaRegistryClient
+        # Imported here: httpx is slow to import and most commands never reach a registry.
+        from icareus_bridge.codec.registry import SchemaRegistryClient
 
         auth = settings.schema_registry.basic_auth_user_info
         registry = SchemaRegistryClient(
@@ -323,6 +296,12 @@ class Codec:
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         """(short record name, record as a dict in the current schema's shape), or DecodeError."""
+        name, offset, writer = self._frame(data)
+        return name, self._read(data, offset, name, writer)
+
+    def _frame(self, data: bytes) -> tuple[str, int, Any]:
+        """(short record name, offset of the body, parsed writer schema) from the framing alone,
+        or DecodeError (NOT_AVRO, UNKNOWN_SCHEMA): what to read the body with, unread."""
         if len(data) >= _SINGLE_OBJECT_HEADER and data[:2] == SINGLE_OBJECT_MAGIC:
             writer = self.schemas.by_fingerprint.get(data[2:_SINGLE_OBJECT_HEADER])
             if writer is None:
@@ -330,10 +309,10 @@ class Codec:
                     DecodeReason.UNKNOWN_SCHEMA,
                     f"unknown writer schema fingerprint {data[2:10].hex()}",
                 )
-            return writer.name, self._read(data, _SINGLE_OBJECT_HEADER, writer.name, writer.parsed)
+            return writer.name, _SINGLE_OBJECT_HEADER, writer.parsed
         if len(data) >= _CONFLUENT_HEADER and data[0] == CONFLUENT_MAGIC and self.registry:
             name, parsed = self._registry_writer(int.from_bytes(data[1:5], "big"))
-            return name, self._read(data, _CONFLUENT_HEADER, name, parsed)
+            return name, _CONFLUENT_HEADER, parsed
         raise DecodeError(
             DecodeReason.NOT_AVRO,
             f"not Avro single-object or registry framing (first bytes {data[:4].hex() or 'none'})",
@@ -450,6 +429,31 @@ class Codec:
     def decode_request(self, data: bytes) -> ProvisioningRequest:
         return _validated(ProvisioningRequest, self._decode_as(data, REQUEST))
 
+    def decode_inbound(self, data: bytes) -> ProvisioningRequest | LifecycleEvent:
+        """One record of the requests topic, decoded once: a request, or the one other record
+        there, a CRM event the planner forwards (RESET_SUBSCRIPTION; the caller checks the code).
+        Branches on the writer schema's name. Bytes that are neither a valid request nor a valid
+        event raise the DecodeError `decode_request` raises for them."""
+        name, offset, writer = self._frame(data)
+        if name == EVENT:
+            try:
+                return self._event_at(data, offset, writer)
+            except DecodeError as exc:
+                if exc.reason is not DecodeReason.INVALID:
+                    raise  # the body does not decode: the same error as a request's read
+            raise DecodeError(DecodeReason.UNKNOWN_SCHEMA, f"expected {REQUEST}, got {EVENT}")
+        obj = self._read(data, offset, name, writer)
+        if name != REQUEST:
+            raise DecodeError(DecodeReason.UNKNOWN_SCHEMA, f"expected {REQUEST}, got {name}")
+        return _validated(ProvisioningRequest, obj)
+
+    def _event_at(self, data: bytes, offset: int, writer: Any) -> LifecycleEvent:
+        """The event whose body starts at `offset`, written with `writer` (as decode_event)."""
+        reader = self._event_reader
+        if reader is not None and writer is self.schemas.current[EVENT].parsed:
+            return _check_action(_run_compiled(reader, data, offset, EVENT))
+        return validate_event(self._read(data, offset, EVENT, writer))
+
     def encode_result(self, result: ProvisioningResult) -> bytes:
         return self._encode_model(RESULT, result)
 
@@ -526,15 +530,13 @@ def default_codec() -> Codec:
 # --- validation (stage validate) -------------------------------------------------------------
 
 
-def _field_of(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return ".".join(str(p) for p in err["loc"]) or "<root>"
-
-
 def _message_of(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
-    )
+    return "; ".join(f"{p.field}: {p.message}" for p in field_problems(exc))
+
+
+def _invalid(exc: ValidationError) -> DecodeError:
+    """INVALID, naming the first field pydantic refused and listing every refusal."""
+    return DecodeError(DecodeReason.INVALID, _message_of(exc), field=field_problems(exc)[0].field)
 
 
 def _check_action(event: LifecycleEvent) -> LifecycleEvent:
@@ -552,7 +554,7 @@ def validate_event(obj: Mapping[str, Any]) -> LifecycleEvent:
     try:
         event = LifecycleEvent.model_validate(obj)
     except ValidationError as exc:
-        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+        raise _invalid(exc) from exc
     return _check_action(event)
 
 
@@ -566,7 +568,7 @@ def validate_event_json(text: str | bytes) -> LifecycleEvent:
             raise DecodeError(
                 DecodeReason.MALFORMED, f"not valid JSON: {_message_of(exc)}"
             ) from exc
-        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+        raise _invalid(exc) from exc
     return _check_action(event)
 
 
@@ -577,7 +579,7 @@ def _validated(model: type[_M], obj: Any) -> _M:
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+        raise _invalid(exc) from exc
 
 
 # --- state record <-> Avro shape -------------------------------------------------------------
@@ -635,23 +637,24 @@ def state_from_avro(obj: Mapping[str, Any]) -> SubscriptionRecord:
             }
         )
     except ValidationError as exc:
-        raise DecodeError(DecodeReason.INVALID, _message_of(exc), field=_field_of(exc)) from exc
+        raise _invalid(exc) from exc
 
 
 __all__ = [
     "EVENT",
     "REQUEST",
     "RESULT",
+    "SCHEMA_FILES",
+    "SINGLE_OBJECT_MAGIC",
     "STATE",
     "Codec",
-    "DecodeError",
-    "DecodeReason",
-    "EncodeError",
-    "SchemaRegistryError",
     "SchemaSet",
     "SchemaVersion",
     "default_codec",
+    "default_schemas_dir",
     "record_identity",
+    "state_from_avro",
+    "state_to_avro",
     "validate_event",
     "validate_event_json",
 ]
