@@ -80,8 +80,7 @@ class IcareusPort(reset_plan.UserLookup, Protocol):
 class DispatchCodec(Protocol):
     """The part of the bridge's Avro codec the dispatcher uses (`icareus_bridge.codec.Codec`)."""
 
-    def decode_request(self, data: bytes) -> ProvisioningRequest: ...
-    def decode_event(self, data: bytes) -> LifecycleEvent: ...
+    def decode_inbound(self, data: bytes) -> ProvisioningRequest | LifecycleEvent: ...
     def encode_result(self, result: ProvisioningResult) -> bytes: ...
 
 
@@ -241,24 +240,24 @@ class DispatchLogic:
         if record.value is None:
             item.error = DecodeError(DecodeReason.NOT_AVRO, "record has no value")
             return key, item
+        # A request, or the one other record on this topic: a RESET_SUBSCRIPTION forwarded by
+        # the planner. One decode, by the writer schema's name.
         try:
-            item.request = self.codec.decode_request(record.value)
-            item.subscription_id = item.request.subscription_id
-        except DecodeError as not_a_request:
-            # The one other record on this topic: a RESET_SUBSCRIPTION forwarded by the planner.
-            try:
-                event = self.codec.decode_event(record.value)
-            except DecodeError:
-                item.error = not_a_request
+            decoded = self.codec.decode_inbound(record.value)
+        except DecodeError as exc:
+            item.error = exc
+        else:
+            if isinstance(decoded, ProvisioningRequest):
+                item.request = decoded
+                item.subscription_id = decoded.subscription_id
+            elif decoded.action.code == ActionCode.RESET_SUBSCRIPTION:
+                item.reset = decoded
+                item.subscription_id = decoded.subscription.id
             else:
-                if event.action.code == ActionCode.RESET_SUBSCRIPTION:
-                    item.reset = event
-                    item.subscription_id = event.subscription.id
-                else:
-                    item.error = DecodeError(
-                        DecodeReason.UNKNOWN_SCHEMA,
-                        f"a {event.action.code} event on the requests topic",
-                    )
+                item.error = DecodeError(
+                    DecodeReason.UNKNOWN_SCHEMA,
+                    f"a {decoded.action.code} event on the requests topic",
+                )
         # Order follows the record key (the partitioner's key), the subscription id.
         return key or item.subscription_id, item
 
