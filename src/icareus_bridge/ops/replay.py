@@ -259,6 +259,26 @@ def read_ledger(settings: Settings, partitions: int) -> Ledger:
     return Ledger(replayed, runs)
 
 
+def choose(
+    settings: Settings,
+    args: argparse.Namespace,
+    topics: dict[str, int],
+    ledger: Ledger,
+    codec: Codec,
+) -> Selection:
+    """The DLQ read to its end and the dead letters the arguments choose from it."""
+    dead = read_dead_letters(settings, topics[settings.topics.dlq], codec)
+    return select(
+        dead,
+        replayed_refs(dead, ledger.replayed),
+        filters_of(args),
+        max_replays=settings.dlq.max_replays,
+        force=args.force,
+        limit=args.limit,
+        topics=topics,
+    )
+
+
 # --- output ----------------------------------------------------------------------------------
 
 
@@ -492,16 +512,7 @@ class Replayer:
                 f"{s.kafka.bootstrap_servers}: {exc}"
             ) from exc
         ledger = read_ledger(s, log_parts)
-        dead = read_dead_letters(s, topics[s.topics.dlq], codec)
-        sel = select(
-            dead,
-            replayed_refs(dead, ledger.replayed),
-            filters_of(self.args),
-            max_replays=s.dlq.max_replays,
-            force=self.args.force,
-            limit=self.args.limit,
-            topics=topics,
-        )
+        sel = choose(s, self.args, topics, ledger, codec)
         self.record = {
             "run_id": self.run_id,
             "who": _who(),
@@ -686,16 +697,7 @@ def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.dry_run:
         parts = topics.get(settings.topics.replay_log)
         ledger = read_ledger(settings, parts) if parts else Ledger({}, {})
-        dead = read_dead_letters(settings, topics[settings.topics.dlq], codec)
-        sel = select(
-            dead,
-            replayed_refs(dead, ledger.replayed),
-            filters_of(args),
-            max_replays=settings.dlq.max_replays,
-            force=args.force,
-            limit=args.limit,
-            topics=topics,
-        )
+        sel = choose(settings, args, topics, ledger, codec)
         print_dry_run(sel, out, args.json)
         return EXIT_REFUSED if sel.refused else EXIT_OK
     stop = _Stop()
