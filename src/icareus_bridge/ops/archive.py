@@ -150,39 +150,16 @@ def _export(
     from icareus_bridge.ops.archive_kafka import Cluster, RequestsRead
 
     topics = settings.topics
-    cutoff = report.cutoff_ms
-    manifest = load_manifest(out)
-    if manifest is None:
-        manifest = Manifest(results_topic=topics.results, requests_topic=topics.requests)
-    elif (manifest.results_topic, manifest.requests_topic) != (topics.results, topics.requests):
-        raise ArchiveMismatch(
-            f"--out {out}: holds the archive of {manifest.results_topic} and "
-            f"{manifest.requests_topic}, not of topics.results={topics.results} and "
-            f"topics.requests={topics.requests}; use another directory"
-        )
+    manifest = _open_manifest(settings, out)
     report.removed_leftovers = remove_leftovers(out, manifest)
 
     cluster = Cluster(settings)
     result_parts = cluster.require("topics.results", topics.results)
     request_parts = cluster.require("topics.requests", topics.requests)
-    marks = cluster.watermarks(topics.results, result_parts)
-    start: dict[int, int] = {}
-    for p in result_parts:
-        low, high = marks[p]
-        archived = manifest.next_offsets.get(p, 0)
-        if archived > high:
-            raise ArchiveMismatch(
-                f"--out {out}: partition {p} of {topics.results} is archived up to offset "
-                f"{archived} but the topic ends at {high}; was the topic recreated? "
-                "use another directory"
-            )
-        if archived < low:
-            # Offsets [archived, low) left the log (retention) before this archive read them.
-            report.gaps.append(f"{topics.results} partition {p}: offsets {archived}..{low - 1}")
-        start[p] = max(archived, low)
+    start = _start_offsets(settings, cluster, out, manifest, result_parts, report)
 
     avro = AvroCodec.from_settings(settings)
-    results = cluster.read_results(avro, topics.results, start, cutoff)
+    results = cluster.read_results(avro, topics.results, start, report.cutoff_ms)
     for p, (offset, why) in sorted(results.undecodable.items()):
         report.undecodable.append(
             f"{topics.results} partition {p} offset {offset}: {why} (partition stopped there)"
@@ -193,8 +170,71 @@ def _export(
     else:
         requests = RequestsRead()  # nothing new to join: the requests topic is not read
 
+    by_day = _records_by_day(settings, results.records, requests, now, report)
+    _write_days(out, manifest, by_day, codec, report)
+    if report.files:
+        _advance_manifest(out, manifest, results.records, older_than_days, report)
+
+    if delete:
+        report.deletions = _delete(settings, cluster, out, manifest, results.records, requests)
+    return report
+
+
+def _open_manifest(settings: Settings, out: Path) -> Manifest:
+    """The archive's manifest, or a new one; `ArchiveMismatch` when it archives other topics."""
+    topics = settings.topics
+    manifest = load_manifest(out)
+    if manifest is None:
+        return Manifest(results_topic=topics.results, requests_topic=topics.requests)
+    if (manifest.results_topic, manifest.requests_topic) != (topics.results, topics.requests):
+        raise ArchiveMismatch(
+            f"--out {out}: holds the archive of {manifest.results_topic} and "
+            f"{manifest.requests_topic}, not of topics.results={topics.results} and "
+            f"topics.requests={topics.requests}; use another directory"
+        )
+    return manifest
+
+
+def _start_offsets(
+    settings: Settings,
+    cluster: Cluster,
+    out: Path,
+    manifest: Manifest,
+    result_parts: list[int],
+    report: ExportReport,
+) -> dict[int, int]:
+    """Per results partition, where this run reads from: the manifest's next offset, or the
+    start of the log when retention removed records before they were archived (a gap)."""
+    results_topic = settings.topics.results
+    marks = cluster.watermarks(results_topic, result_parts)
+    start: dict[int, int] = {}
+    for p in result_parts:
+        low, high = marks[p]
+        archived = manifest.next_offsets.get(p, 0)
+        if archived > high:
+            raise ArchiveMismatch(
+                f"--out {out}: partition {p} of {results_topic} is archived up to offset "
+                f"{archived} but the topic ends at {high}; was the topic recreated? "
+                "use another directory"
+            )
+        if archived < low:
+            # Offsets [archived, low) left the log (retention) before this archive read them.
+            report.gaps.append(f"{results_topic} partition {p}: offsets {archived}..{low - 1}")
+        start[p] = max(archived, low)
+    return start
+
+
+def _records_by_day(
+    settings: Settings,
+    results: list[Fetched],
+    requests: RequestsRead,
+    now: int,
+    report: ExportReport,
+) -> dict[str, list[dict[str, Any]]]:
+    """The archive records (each result joined with its request), per UTC day of the result,
+    in time order; results without a request are counted in `report`."""
     by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in sorted(results.records, key=lambda f: (f.timestamp, f.partition, f.offset)):
+    for r in sorted(results, key=lambda f: (f.timestamp, f.partition, f.offset)):
         request = requests.found.get(r.value["request_id"])
         if request is None:
             if r.value["attempts"] == 0:
@@ -202,31 +242,45 @@ def _export(
             else:
                 report.requests_missing += 1
         by_day[day_of_millis(r.timestamp)].append(_archive_record(settings, r, request, now))
+    return by_day
 
+
+def _write_days(
+    out: Path,
+    manifest: Manifest,
+    by_day: dict[str, list[dict[str, Any]]],
+    codec: Codec,
+    report: ExportReport,
+) -> None:
     for day in sorted(by_day):
         entry = write_day_file(out, manifest, day, by_day[day], codec)
         manifest.files.append(entry)
         report.files.append(entry)
-    if report.files:
-        for r in results.records:
-            manifest.next_offsets[r.partition] = max(
-                manifest.next_offsets.get(r.partition, 0), r.offset + 1
-            )
-        manifest.next_offsets = dict(sorted(manifest.next_offsets.items()))
-        manifest.runs.append(
-            ArchiveRun(
-                at=now_iso(),
-                older_than_days=older_than_days,
-                cutoff=iso_of_millis(cutoff),
-                records=report.records,
-                files=[f.name for f in report.files],
-            )
-        )
-        save_manifest(out, manifest)
 
-    if delete:
-        report.deletions = _delete(settings, cluster, out, manifest, results.records, requests)
-    return report
+
+def _advance_manifest(
+    out: Path,
+    manifest: Manifest,
+    archived: list[Fetched],
+    older_than_days: int,
+    report: ExportReport,
+) -> None:
+    """The new next offsets and this run saved in the manifest (atomically)."""
+    for r in archived:
+        manifest.next_offsets[r.partition] = max(
+            manifest.next_offsets.get(r.partition, 0), r.offset + 1
+        )
+    manifest.next_offsets = dict(sorted(manifest.next_offsets.items()))
+    manifest.runs.append(
+        ArchiveRun(
+            at=now_iso(),
+            older_than_days=older_than_days,
+            cutoff=iso_of_millis(report.cutoff_ms),
+            records=report.records,
+            files=[f.name for f in report.files],
+        )
+    )
+    save_manifest(out, manifest)
 
 
 def _bound(limits: list[tuple[str, int]]) -> tuple[int, str]:

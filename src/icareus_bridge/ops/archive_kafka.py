@@ -1,23 +1,16 @@
-"""The Kafka side of `icareus-bridge archive`: reading the results topic up to the cut-off, the
-requests that belong to them, the committed positions of consumer groups, and DeleteRecords."""
+"""The Kafka side of `icareus-bridge archive` in archive terms: the results topic read up to the
+cut-off, the requests that belong to them, the committed positions of consumer groups, and
+DeleteRecords. The Kafka calls themselves are `kafka.archive_io`'s."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-
 from icareus_bridge.codec import REQUEST, RESULT, Codec, DecodeError, DecodeReason
 from icareus_bridge.config import Settings
-from icareus_bridge.kafka.admin import KafkaRefused, admin_client, first_contact
-from icareus_bridge.kafka.clients import assign_only_consumer, is_partition_eof
-
-
-class KafkaUnreachable(Exception):
-    """No broker answered; the message names `kafka.bootstrap_servers`."""
+from icareus_bridge.kafka.archive_io import ArchiveKafka, KafkaUnreachable
 
 
 class TopicMissing(Exception):
@@ -52,28 +45,14 @@ class RequestsRead:
 
 
 class Cluster:
-    """An admin client for one archive run, with the broker checked at once."""
+    """The Kafka side of one archive run, with the broker checked at once: the topics it must
+    find, and the results and requests read as archive records."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.timeout = settings.archive.kafka_timeout_seconds
-        self.admin, self._errors = admin_client(settings.kafka)
-        self.partitions = self._topics()
-
-    def _unreachable(self, exc: Exception) -> KafkaUnreachable:
-        return KafkaUnreachable(
-            f"kafka.bootstrap_servers={self.settings.kafka.bootstrap_servers}: "
-            f"Kafka unreachable: {exc}"
-        )
-
-    def _topics(self) -> dict[str, int]:
-        try:
-            md = first_contact(self.admin, self.settings.kafka, self._errors, self.timeout)
-        except KafkaRefused as exc:
-            raise KafkaUnreachable(str(exc)) from None
-        except KafkaException as exc:
-            raise self._unreachable(exc) from exc
-        return {n: len(t.partitions) for n, t in md.topics.items() if t.error is None}
+        self.kafka = ArchiveKafka(settings.kafka, self.timeout)
+        self.partitions = self.kafka.partitions
 
     def require(self, key: str, topic: str) -> list[int]:
         """The partition numbers of `topic`, the value of config key `key`."""
@@ -83,103 +62,18 @@ class Cluster:
         return list(range(n))
 
     def watermarks(self, topic: str, partitions: Iterable[int]) -> dict[int, tuple[int, int]]:
-        consumer = assign_only_consumer(self.settings.kafka)
-        try:
-            out: dict[int, tuple[int, int]] = {}
-            for p in partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=self.timeout
-                )
-                out[p] = (low, high)
-            return out
-        except KafkaException as exc:
-            raise self._unreachable(exc) from exc
-        finally:
-            consumer.close()
+        return self.kafka.watermarks(topic, partitions)
 
     def committed(self, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
         """The group's committed offset per partition of `topic`; None where it has none."""
-        tps = [TopicPartition(topic, p) for p in partitions]
-        request = ConsumerGroupTopicPartitions(group, tps)
-        try:
-            futures = self.admin.list_consumer_group_offsets(
-                [request], request_timeout=self.timeout
-            )
-            answer = futures[group].result(timeout=self.timeout)
-        except KafkaException as exc:
-            raise self._unreachable(exc) from exc
-        return {
-            tp.partition: (tp.offset if tp.offset >= 0 else None)
-            for tp in answer.topic_partitions
-        }
+        return self.kafka.committed(group, topic, partitions)
 
     def delete_before(self, topic: str, offsets: dict[int, int]) -> dict[int, int]:
-        """DeleteRecords: every record of each partition before its offset leaves the log.
+        """Every record of each partition before its offset leaves the log (DeleteRecords).
         Returns the new low watermark per partition."""
-        if not offsets:
-            return {}
-        tps = [TopicPartition(topic, p, o) for p, o in sorted(offsets.items())]
-        try:
-            futures = self.admin.delete_records(
-                tps, request_timeout=self.timeout, operation_timeout=self.timeout
-            )
-            return {tp.partition: fut.result().low_watermark for tp, fut in futures.items()}
-        except KafkaException as exc:
-            raise self._unreachable(exc) from exc
+        return self.kafka.delete_before(topic, offsets)
 
     # -- reading -----------------------------------------------------------------------------
-
-    def _read(
-        self,
-        topic: str,
-        start: dict[int, int],
-        on_record: Any,
-    ) -> dict[int, int]:
-        """Read each partition (read_committed) from its start offset to its end as it was when
-        reading began; `on_record(partition, offset, timestamp, value)` returns False to stop that
-        partition. Returns per partition the offset after the last record handed over."""
-        marks = self.watermarks(topic, start)
-        todo = {p for p, o in start.items() if o < marks[p][1]}
-        ends = {p: start[p] for p in start}
-        if not todo:
-            return ends
-        consumer = assign_only_consumer(self.settings.kafka, read_committed=True)
-        try:
-            consumer.assign([TopicPartition(topic, p, start[p]) for p in sorted(todo)])
-            last_heard = time.monotonic()
-            while todo:
-                messages = consumer.consume(num_messages=1000, timeout=0.5)
-                if messages:
-                    last_heard = time.monotonic()
-                elif time.monotonic() - last_heard > self.timeout:
-                    raise KafkaUnreachable(
-                        f"kafka.bootstrap_servers={self.settings.kafka.bootstrap_servers}: "
-                        f"no records from {topic} for {self.timeout:.0f} s, partitions "
-                        f"{sorted(todo)} not read to their end"
-                    )
-                for m in messages:
-                    p = m.partition()
-                    if p not in todo:
-                        continue
-                    err = m.error()
-                    if err is not None:
-                        if is_partition_eof(err):
-                            todo.discard(p)
-                            continue
-                        if err.fatal() or not err.retriable():
-                            raise self._unreachable(KafkaException(err))
-                        continue
-                    offset = m.offset()
-                    assert offset is not None
-                    if not on_record(p, offset, m.timestamp()[1], m.value()):
-                        todo.discard(p)
-                        continue
-                    ends[p] = offset + 1
-                    if ends[p] >= marks[p][1]:
-                        todo.discard(p)
-            return ends
-        finally:
-            consumer.close()
 
     def read_results(
         self, codec: Codec, topic: str, start: dict[int, int], cutoff_ms: int
@@ -205,7 +99,7 @@ class Cluster:
             out.records.append(Fetched(p, offset, ts, obj))
             return True
 
-        self._read(topic, start, take)
+        self.kafka.read(topic, start, take)
         return out
 
     def read_requests(
@@ -229,5 +123,15 @@ class Cluster:
                 out.found[request_id] = Fetched(p, offset, ts, obj)
             return True
 
-        out.end = self._read(topic, {p: marks[p][0] for p in partitions}, take)
+        out.end = self.kafka.read(topic, {p: marks[p][0] for p in partitions}, take)
         return out
+
+
+__all__ = [
+    "Cluster",
+    "Fetched",
+    "KafkaUnreachable",
+    "RequestsRead",
+    "ResultsRead",
+    "TopicMissing",
+]

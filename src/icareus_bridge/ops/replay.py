@@ -27,22 +27,20 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TextIO
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported at runtime
-    AdminClient,
-    NewTopic,
-)
-
 from icareus_bridge.codec import Codec
 from icareus_bridge.config import Settings, load_settings
 from icareus_bridge.core.model import LifecycleEvent
-from icareus_bridge.kafka.admin import KafkaRefused, admin_client, first_contact
+from icareus_bridge.kafka.admin import KafkaRefused
 from icareus_bridge.kafka.changelog import RestoreError, read_to_end
-from icareus_bridge.kafka.clients import (
-    assign_only_consumer,
-    base_config,
-    quiet_librdkafka,
-    transactional_producer,
+from icareus_bridge.kafka.clients import quiet_librdkafka
+from icareus_bridge.kafka.publish import BrokerError, OutgoingRecord, TransactionalPublisher
+from icareus_bridge.kafka.replay_io import (
+    PartitionFailed,
+    ReadIncomplete,
+    StoredRecord,
+    create_compacted_topic,
+    probe_topics,
+    read_from_start,
 )
 from icareus_bridge.ops.replay_model import (
     DeadLetter,
@@ -135,24 +133,15 @@ def _check_history_args(args: argparse.Namespace) -> None:
 def topic_partitions(settings: Settings) -> dict[str, int]:
     """Topic name -> partition count, or `KafkaUnreachable` within PROBE_SECONDS."""
     kafka = settings.kafka
-    admin, errors = admin_client(kafka)
     try:
-        md = first_contact(admin, kafka, errors, PROBE_SECONDS)
+        return probe_topics(kafka, PROBE_SECONDS)
     except KafkaRefused as exc:
         raise KafkaUnreachable(str(exc)) from None
-    except KafkaException as exc:
+    except BrokerError as exc:
         raise KafkaUnreachable(
             f"Kafka unreachable at {kafka.bootstrap_servers} (kafka.bootstrap_servers): "
-            f"no answer within {PROBE_SECONDS:.0f}s ({_err_text(exc)})"
+            f"no answer within {PROBE_SECONDS:.0f}s ({exc})"
         ) from exc
-    return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
-
-
-def _err_text(exc: BaseException) -> str:
-    err = exc.args[0] if exc.args else None
-    if isinstance(err, KafkaError):
-        return str(err.str())
-    return str(exc)
 
 
 def ensure_replay_log(settings: Settings, existing: dict[str, int]) -> int:
@@ -160,23 +149,10 @@ def ensure_replay_log(settings: Settings, existing: dict[str, int]) -> int:
     name = settings.topics.replay_log
     if name in existing:
         return existing[name]
-    kafka = settings.kafka
-    admin = AdminClient(base_config(kafka))
-    new = NewTopic(
-        name,
-        num_partitions=1,
-        replication_factor=kafka.replication_factor,
-        config={"cleanup.policy": "compact"},
-    )
-    for _, fut in admin.create_topics([new], request_timeout=30).items():
-        try:
-            fut.result(timeout=30)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-                raise UsageError(
-                    f"topics.replay_log: cannot create topic {name}: {_err_text(exc)}"
-                ) from exc
+    try:
+        create_compacted_topic(settings.kafka, name, partitions=1)
+    except BrokerError as exc:
+        raise UsageError(f"topics.replay_log: cannot create topic {name}: {exc}") from exc
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         parts = topic_partitions(settings).get(name, 0)
@@ -191,63 +167,48 @@ def read_dead_letters(
 ) -> list[DeadLetter]:
     """Every committed record of the DLQ, in partition and offset order."""
     topic = settings.topics.dlq
-    consumer = assign_only_consumer(settings.kafka)
-    out: list[DeadLetter] = []
     try:
-        pending: set[int] = set()
-        for p in range(partitions):
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=PROBE_SECONDS * 2
-            )
-            if high > low:
-                pending.add(p)
-        if pending:
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise KafkaUnreachable(
-                    f"topic {topic} (topics.dlq): not read to its end within {timeout:.0f}s "
-                    f"from {settings.kafka.bootstrap_servers}"
-                )
-            for msg in consumer.consume(num_messages=1000, timeout=0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition() or 0)
-                    elif err.fatal() or not err.retriable():
-                        raise KafkaUnreachable(f"topic {topic} (topics.dlq): {err.str()}")
-                    continue
-                out.append(_dead_letter(msg, codec))
-    except KafkaException as exc:
+        stored = read_from_start(
+            settings.kafka,
+            topic,
+            range(partitions),
+            timeout=timeout,
+            watermark_timeout=PROBE_SECONDS * 2,
+        )
+    except ReadIncomplete as exc:
         raise KafkaUnreachable(
-            f"topic {topic} (topics.dlq) at {settings.kafka.bootstrap_servers}: {_err_text(exc)}"
+            f"topic {topic} (topics.dlq): {exc} from {settings.kafka.bootstrap_servers}"
         ) from exc
-    finally:
-        consumer.close()
+    except PartitionFailed as exc:
+        raise KafkaUnreachable(f"topic {topic} (topics.dlq): {exc}") from exc
+    except BrokerError as exc:
+        raise KafkaUnreachable(
+            f"topic {topic} (topics.dlq) at {settings.kafka.bootstrap_servers}: {exc}"
+        ) from exc
+    out = [_dead_letter(r, codec) for r in stored]
     out.sort(key=lambda d: (d.partition, d.offset))
     return out
 
 
-def _dead_letter(msg: Any, codec: Codec) -> DeadLetter:
-    headers = parse_dead_letter_headers(msg.headers())
-    value: bytes | None = msg.value()
+def _dead_letter(record: StoredRecord, codec: Codec) -> DeadLetter:
+    headers = parse_dead_letter_headers(record.headers)
+    value = record.value
     request_id = request_type = event_id = None
     # Only ids and the type are taken from the value; a profile it holds is never kept.
     if value is not None and headers.get("dlq.stage") not in ("decode", "validate"):
         with suppress(Exception):  # a request, or an event the planner or dispatcher refused
-            record = codec.decode_inbound(value)
-            if isinstance(record, LifecycleEvent):
-                event_id = record.event_id
+            decoded = codec.decode_inbound(value)
+            if isinstance(decoded, LifecycleEvent):
+                event_id = decoded.event_id
             else:
-                request_id, request_type = record.request_id, record.type.value
+                request_id, request_type = decoded.request_id, decoded.type.value
     elif value is not None and headers.get("dlq.stage") == "validate":
         with suppress(Exception):
             event_id = str(codec.decode(value)[1].get("event_id") or "") or None
     return DeadLetter(
-        partition=int(msg.partition()),
-        offset=int(msg.offset()),
-        key=msg.key(),
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
         value=value,
         headers=headers,
         request_id=request_id,
@@ -297,6 +258,26 @@ def read_ledger(settings: Settings, partitions: int) -> Ledger:
             f"{settings.kafka.bootstrap_servers}: {exc}"
         ) from exc
     return Ledger(replayed, runs)
+
+
+def choose(
+    settings: Settings,
+    args: argparse.Namespace,
+    topics: dict[str, int],
+    ledger: Ledger,
+    codec: Codec,
+) -> Selection:
+    """The DLQ read to its end and the dead letters the arguments choose from it."""
+    dead = read_dead_letters(settings, topics[settings.topics.dlq], codec)
+    return select(
+        dead,
+        replayed_refs(dead, ledger.replayed),
+        filters_of(args),
+        max_replays=settings.dlq.max_replays,
+        force=args.force,
+        limit=args.limit,
+        topics=topics,
+    )
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -495,21 +476,29 @@ class Replayer:
         self.args = args
         self.out = out
         self.run_id = uuid.uuid4().hex[:16]
-        self.producer: Any = None
+        self.publisher: TransactionalPublisher | None = None
         self.record: dict[str, Any] = {}
 
     def _ledger_key(self, d: DeadLetter) -> bytes:
         return f"{LEDGER_PREFIX}{self.settings.topics.dlq}:{d.ref}".encode()
 
-    def _put_run(self, record: dict[str, Any]) -> None:
-        self.producer.produce(
+    @property
+    def _tx(self) -> TransactionalPublisher:
+        assert self.publisher is not None, "the run's transactional id is not open"
+        return self.publisher
+
+    def _run_record(self, record: dict[str, Any]) -> OutgoingRecord:
+        return OutgoingRecord(
             self.settings.topics.replay_log,
             key=f"{RUN_PREFIX}{record['run_id']}".encode(),
             value=json.dumps(record, separators=(",", ":")).encode(),
         )
 
+    def _put_run(self, record: dict[str, Any]) -> None:
+        self._tx.publish([self._run_record(record)])
+
     def _commit(self) -> None:
-        self.producer.commit_transaction(COMMIT_TIMEOUT_SECONDS)
+        self._tx.commit(COMMIT_TIMEOUT_SECONDS)
 
     def run(self, topics: dict[str, int], codec: Codec, stop: _Stop) -> int:
         s = self.settings
@@ -517,23 +506,14 @@ class Replayer:
         tid = f"{s.kafka.transactional_id_prefix}-replay"
         try:
             # Fences an earlier run still holding the id; its open transaction is aborted.
-            self.producer = transactional_producer(s.kafka, tid, init_timeout=30.0)
-        except KafkaException as exc:
+            self.publisher = TransactionalPublisher(s.kafka, tid, init_timeout=30.0)
+        except BrokerError as exc:
             raise KafkaUnreachable(
                 f"transactional id {tid} (kafka.transactional_id_prefix) at "
-                f"{s.kafka.bootstrap_servers}: {_err_text(exc)}"
+                f"{s.kafka.bootstrap_servers}: {exc}"
             ) from exc
         ledger = read_ledger(s, log_parts)
-        dead = read_dead_letters(s, topics[s.topics.dlq], codec)
-        sel = select(
-            dead,
-            replayed_refs(dead, ledger.replayed),
-            filters_of(self.args),
-            max_replays=s.dlq.max_replays,
-            force=self.args.force,
-            limit=self.args.limit,
-            topics=topics,
-        )
+        sel = choose(s, self.args, topics, ledger, codec)
         self.record = {
             "run_id": self.run_id,
             "who": _who(),
@@ -550,15 +530,15 @@ class Replayer:
             },
         }
         try:
-            self.producer.begin_transaction()
+            self._tx.begin()
             self._close_interrupted_runs(ledger)
             self._put_run(self.record)
             self._commit()
             done = self._republish(sel, topics, stop)
-        except KafkaException as exc:
+        except BrokerError as exc:
             self._abort()
             raise KafkaUnreachable(
-                f"replay stopped at {s.kafka.bootstrap_servers}: {_err_text(exc)}; what was "
+                f"replay stopped at {s.kafka.bootstrap_servers}: {exc}; what was "
                 "committed stays replayed, run replay again for the rest"
             ) from exc
         interrupted = done < len(sel.replay)
@@ -567,25 +547,24 @@ class Replayer:
         )
         self.record["counts"]["replayed"] = done
         try:
-            self.producer.begin_transaction()
+            self._tx.begin()
             self._put_run(self.record)
             self._commit()
-        except KafkaException as exc:
+        except BrokerError as exc:
             self._abort()
             raise KafkaUnreachable(
                 f"audit record of run {self.run_id} not written at "
-                f"{s.kafka.bootstrap_servers}: {_err_text(exc)}"
+                f"{s.kafka.bootstrap_servers}: {exc}"
             ) from exc
         finally:
-            self.producer.flush(5)
+            self._tx.flush(5)
         self._summary(sel, done)
         if interrupted:
             return EXIT_INTERRUPTED
         return EXIT_REFUSED if sel.refused else EXIT_OK
 
     def _abort(self) -> None:
-        with suppress(Exception):
-            self.producer.abort_transaction(10)
+        self._tx.abort(10)
 
     def _close_interrupted_runs(self, ledger: Ledger) -> None:
         """Runs still 'running' were killed (this run fenced them): recorded as interrupted,
@@ -606,7 +585,7 @@ class Replayer:
         try:
             i = 0
             while i < len(sel.replay) and not stop.requested:
-                self.producer.begin_transaction()
+                self._tx.begin()
                 tx_started = time.monotonic()
                 n = 0
                 while (
@@ -632,30 +611,34 @@ class Replayer:
         return done
 
     def _produce(self, d: DeadLetter, topics: dict[str, int]) -> None:
+        """The dead letter back where it came from, and its ledger entry, in the open
+        transaction."""
         assert d.original_topic is not None
-        kwargs: dict[str, Any] = {}
         p = d.original_partition
-        if p is not None and 0 <= p < topics.get(d.original_topic, 0):
-            kwargs["partition"] = p  # where it was: a parked key's marker names this partition
-        self.producer.produce(
-            d.original_topic,
-            key=d.key,
-            value=d.value,
-            headers=d.replay_headers(self.run_id),
-            **kwargs,
-        )
+        # Where it was: a parked key's marker names this partition.
+        partition = p if p is not None and 0 <= p < topics.get(d.original_topic, 0) else None
         entry = {
             "run_id": self.run_id,
             "at": _now_iso(),
-            "to": f"{d.original_topic}/{kwargs.get('partition', '-')}",
+            "to": f"{d.original_topic}/{partition if partition is not None else '-'}",
             "fp": d.fingerprint,
         }
-        self.producer.produce(
-            self.settings.topics.replay_log,
-            key=self._ledger_key(d),
-            value=json.dumps(entry, separators=(",", ":")).encode(),
+        self._tx.publish(
+            [
+                OutgoingRecord(
+                    d.original_topic,
+                    key=d.key,
+                    value=d.value,
+                    headers=d.replay_headers(self.run_id),
+                    partition=partition,
+                ),
+                OutgoingRecord(
+                    self.settings.topics.replay_log,
+                    key=self._ledger_key(d),
+                    value=json.dumps(entry, separators=(",", ":")).encode(),
+                ),
+            ]
         )
-        self.producer.poll(0)
 
     def _summary(self, sel: Selection, done: int) -> None:
         if self.args.json:
@@ -715,16 +698,7 @@ def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.dry_run:
         parts = topics.get(settings.topics.replay_log)
         ledger = read_ledger(settings, parts) if parts else Ledger({}, {})
-        dead = read_dead_letters(settings, topics[settings.topics.dlq], codec)
-        sel = select(
-            dead,
-            replayed_refs(dead, ledger.replayed),
-            filters_of(args),
-            max_replays=settings.dlq.max_replays,
-            force=args.force,
-            limit=args.limit,
-            topics=topics,
-        )
+        sel = choose(settings, args, topics, ledger, codec)
         print_dry_run(sel, out, args.json)
         return EXIT_REFUSED if sel.refused else EXIT_OK
     stop = _Stop()

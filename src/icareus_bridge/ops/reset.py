@@ -39,7 +39,8 @@ from icareus_bridge.core.model import (
 )
 from icareus_bridge.icareus.client import IcareusClient
 from icareus_bridge.icareus.errors import IcareusError
-from icareus_bridge.kafka.clients import idempotent_producer, quiet_librdkafka
+from icareus_bridge.kafka.clients import quiet_librdkafka
+from icareus_bridge.kafka.publish import IdempotentPublisher, OutgoingRecord
 from icareus_bridge.ops.state_lookup import (
     KafkaUnreachable,
     KnownState,
@@ -295,44 +296,32 @@ class RateLimit:
 
 
 class ResetPublisher:
-    """Produces RESET_SUBSCRIPTION events to the input topic (idempotent producer)."""
+    """Publishes RESET_SUBSCRIPTION events to the input topic (idempotent producer)."""
 
     def __init__(self, settings: Settings, codec: Codec, input_partitions: int) -> None:
         self.topic = settings.topics.input
         self.codec = codec
         self.input_partitions = input_partitions
         self.bootstrap = settings.kafka.bootstrap_servers
-        self.producer = idempotent_producer(settings.kafka)
+        self.publisher = IdempotentPublisher(settings.kafka)
         self.failed: list[str] = []
 
     def publish(self, known: KnownState) -> LifecycleEvent:
         event = reset_event(known, now_ms=int(time.time() * 1000), event_id=str(uuid.uuid4()))
         sid = event.subscription.id
-
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                self.failed.append(f"{sid}: {err}")
-
-        kwargs: dict[str, Any] = {}
-        if known.partition < self.input_partitions:
-            kwargs["partition"] = known.partition  # where its CRM events and state live
-        while True:
-            try:
-                self.producer.produce(
-                    self.topic,
-                    key=sid.encode("utf-8"),
-                    value=self.codec.encode_event(event),
-                    on_delivery=delivered,
-                    **kwargs,
-                )
-                break
-            except BufferError:
-                self.producer.poll(0.1)
-        self.producer.poll(0)
+        # Into the partition where its CRM events and state live, when the topic has it.
+        partition = known.partition if known.partition < self.input_partitions else None
+        record = OutgoingRecord(
+            self.topic,
+            key=sid.encode("utf-8"),
+            value=self.codec.encode_event(event),
+            partition=partition,
+        )
+        self.publisher.publish(record, lambda err: self.failed.append(f"{sid}: {err}"))
         return event
 
     def flush(self, timeout: float = 30.0) -> None:
-        left = self.producer.flush(timeout)
+        left = self.publisher.flush(timeout)
         if left:
             raise KafkaUnreachable(self.bootstrap, f"{left} reset events not delivered")
         if self.failed:
