@@ -42,6 +42,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from icareus_bridge.kafka.clients import kafka_error
 from icareus_bridge.pipeline.dead_letter import refused_dead_letter
 
 Header = tuple[str, bytes]
@@ -150,11 +151,6 @@ class TransactionFatal(Exception):
     the consumer was rewound. The stage must build a new producer (or stop)."""
 
 
-def _kafka_error(exc: BaseException) -> KafkaError | None:
-    err = exc.args[0] if exc.args else None
-    return err if isinstance(err, KafkaError) else None
-
-
 @dataclass
 class Checkpoint:
     """Collects one batch's output, state writes and processed offsets; see `commit()`.
@@ -217,7 +213,7 @@ class Checkpoint:
             self._begin()
             self._send_output(index)
         except KafkaException as exc:
-            err = _kafka_error(exc)
+            err = kafka_error(exc)
             if err is None or err.code() != KafkaError._STATE or self.new_producer is None:
                 raise
             # An earlier record of this transaction was refused in flight, or the transaction
@@ -234,7 +230,7 @@ class Checkpoint:
                 self._send(out, on_delivery)
                 return
             except KafkaException as exc:
-                err = _kafka_error(exc)
+                err = kafka_error(exc)
                 if err is None or err.code() not in REFUSALS or self.dead_letters is None:
                     raise
                 if refusal is not None and refusal.truncated:
@@ -468,7 +464,7 @@ class Checkpoint:
                 return reason
             except KafkaException as exc:
                 last = exc
-                err = _kafka_error(exc)
+                err = kafka_error(exc)
                 if err is not None and err.fatal():
                     break
         self.rewind()
@@ -492,7 +488,7 @@ class Checkpoint:
             )
 
     def _refused_by_broker(self, exc: KafkaException) -> bool:
-        err = _kafka_error(exc)
+        err = kafka_error(exc)
         # _STATE: produce() was refused because the transaction had already failed in flight.
         return (
             err is not None
@@ -528,7 +524,7 @@ class Checkpoint:
         if self.dead_letters is None:
             self._replace_producer()
             self.rewind()
-            raise TransactionAborted(f"transaction aborted: {_kafka_error(first)}") from first
+            raise TransactionAborted(f"transaction aborted: {kafka_error(first)}") from first
         exc: KafkaException = first
         for _attempt in range(MAX_RECOVERY_ATTEMPTS):
             self._replace_producer()
@@ -577,14 +573,14 @@ class Checkpoint:
                 )
                 return
             except KafkaException as exc:
-                err = _kafka_error(exc)
+                err = kafka_error(exc)
                 attempts += 1
                 if err is not None and err.retriable() and attempts < 5:
                     continue
                 raise
 
     def _fail(self, exc: KafkaException) -> None:
-        err = _kafka_error(exc)
+        err = kafka_error(exc)
         self.rewind()
         if err is not None and err.fatal():
             self._in_transaction = False
@@ -608,7 +604,7 @@ class Checkpoint:
                 self._replace_stalled(f"transaction stalled: {stall}")
                 return
             except KafkaException as exc:
-                err = _kafka_error(exc)
+                err = kafka_error(exc)
                 self._in_transaction = False
                 if self.new_producer is not None and err is not None and not err.fatal():
                     self._replace_stalled(f"abort failed: {err}")

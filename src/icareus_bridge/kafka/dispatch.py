@@ -12,7 +12,6 @@ from typing import Any
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    KafkaError,
     KafkaException,
     Producer,
     TopicPartition,
@@ -21,7 +20,12 @@ from confluent_kafka import (
 from icareus_bridge.config import KafkaSettings
 from icareus_bridge.kafka.checkpoint import Checkpoint, CommitStats, DeadLetterRoute, OutboundRecord
 from icareus_bridge.kafka.clients import consumer as group_consumer
-from icareus_bridge.kafka.clients import foreign_topics, is_fatal, transactional_producer
+from icareus_bridge.kafka.clients import (
+    foreign_topics,
+    is_fatal,
+    is_partition_eof,
+    transactional_producer,
+)
 
 Header = tuple[str, bytes]
 PartitionsCallback = Callable[[list[int]], None]
@@ -112,7 +116,7 @@ class RequestsConsumer:
         for msg in self.raw.consume(num_messages=max_records, timeout=timeout):
             err = msg.error()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
+                if is_partition_eof(err):
                     continue
                 if is_fatal(err):
                     raise ConsumerFailed(f"topic {self.topic}: {err}")

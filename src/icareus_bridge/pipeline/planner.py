@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from icareus_bridge.codec import DecodeError
 from icareus_bridge.config import Settings
@@ -39,14 +39,15 @@ from icareus_bridge.kafka.checkpoint import (
     TransactionFatal,
     is_abandoned,
 )
-from icareus_bridge.kafka.identity import resolve_instance_id
+from icareus_bridge.kafka.stage import instance_id as stage_instance_id
+from icareus_bridge.kafka.stage import now_ms
 from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.logging import RateLimiter, get_logger
 from icareus_bridge.observability.metrics import Metrics
 from icareus_bridge.pipeline.dead_letter import Origin, dead_letter_headers, replay_count_of
 from icareus_bridge.pipeline.state_store import StateStore
 
-ROLE = "planner"
+ROLE: Final = "planner"
 READINESS_CHECK = "planner"
 
 PlanFn = Callable[[SubscriptionRecord | None, LifecycleEvent, Any], Any]
@@ -115,7 +116,7 @@ class PlannerLogic:
         plan: PlanFn,
         fold: FoldFn,
         *,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.settings = settings
         self.topics = settings.topics
@@ -266,7 +267,8 @@ class PlannerLogic:
 
 
 def default_instance_id(settings: Settings) -> str:
-    return resolve_instance_id(settings.planner.instance_id)
+    """The planner's instance id (kept for callers of this name; see `kafka.stage`)."""
+    return stage_instance_id(settings, ROLE)
 
 
 class Planner:
