@@ -77,21 +77,23 @@ ReasonCallback = Callable[[str], None]
 ErrorCallback = Callable[[ClientError], None]
 
 
+def _headers(raw: Any) -> tuple[Header, ...]:
+    if isinstance(raw, dict):
+        raw = list(raw.items())
+    return tuple((name, value if isinstance(value, bytes) else b"") for name, value in raw)
+
+
 def _record(msg: Any) -> ConsumedRecord:
     ts_type, ts = msg.timestamp()
-    raw_headers = msg.headers() or []
-    if isinstance(raw_headers, dict):
-        raw_headers = list(raw_headers.items())
+    raw_headers = msg.headers()
     return ConsumedRecord(
-        topic=msg.topic() or "",
-        partition=msg.partition() or 0,
-        offset=msg.offset() or 0,
-        key=msg.key(),
-        value=msg.value(),
-        headers=tuple(
-            (name, value if isinstance(value, bytes) else b"") for name, value in raw_headers
-        ),
-        timestamp_ms=ts if ts_type != 0 else None,
+        msg.topic() or "",
+        msg.partition() or 0,
+        msg.offset() or 0,
+        msg.key(),
+        msg.value(),
+        _headers(raw_headers) if raw_headers else (),
+        ts if ts_type != 0 else None,
     )
 
 
