@@ -25,6 +25,7 @@ from icareus_bridge.kafka.checkpoint import (
     TransactionStalled,
     is_abandoned,
 )
+from icareus_bridge.kafka.state import StateTransaction
 
 pytestmark = pytest.mark.kafka
 
@@ -84,6 +85,20 @@ def _committed(bootstrap: str, group: str, topic: str, partition: int) -> int:
         probe.close()
 
 
+class _DictStore:
+    """The committed state behind a transaction (a `StateBackend`): what was applied to it."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[int, bytes], tuple[bytes | None, Any]] = {}
+
+    def get(self, partition: int, key: bytes) -> Any:
+        held = self.values.get((partition, key))
+        return None if held is None else held[1]
+
+    def put(self, partition: int, key: bytes, value: bytes | None, record: Any) -> None:
+        self.values[(partition, key)] = (value, record)
+
+
 def _group_consumer(bootstrap: str, group: str) -> Consumer:
     return clients.consumer(_kafka(bootstrap), group)
 
@@ -98,12 +113,16 @@ def test_output_last_state_per_key_and_offsets_become_visible_together(
     consumer = _group_consumer(kafka_bootstrap, group)
     producer = clients.transactional_producer(_kafka(kafka_bootstrap), _unique("cp-tx"))
     try:
-        cp = Checkpoint(producer, consumer, state, encode_state=lambda obj: f"enc:{obj}".encode())
+        store = _DictStore()
+        txn = StateTransaction(state, store=store, encode=lambda o: f"enc:{o}".encode())
+        cp = Checkpoint(producer, consumer, txn)
         for msg in _consume(consumer, source, 3):
             cp.produce(OutboundRecord(sink, b"a", b"out-" + msg.value(), partition=1))
-            cp.put_state(1, b"a", msg.value().decode())
+            txn.set(1, b"a", msg.value().decode())
             cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
+        assert txn.get(1, b"a") == "e2"  # the batch reads its own write
         assert _read_committed(kafka_bootstrap, sink, 2) == []  # nothing before the commit
+        assert store.values == {}  # the store waits for the Kafka commit
         stats = cp.commit()
     finally:
         consumer.close()
@@ -114,6 +133,7 @@ def test_output_last_state_per_key_and_offsets_become_visible_together(
         (1, b"a", b"out-e2"),
     ]
     assert _read_committed(kafka_bootstrap, state, 2) == [(1, b"a", b"enc:e2")]
+    assert store.values == {(1, b"a"): (b"enc:e2", "e2")}  # encoded once, applied after commit
     assert _committed(kafka_bootstrap, group, source, 1) == 3
 
 
@@ -126,7 +146,7 @@ def test_offsets_alone_are_committed_in_a_transaction_too(
     consumer = _group_consumer(kafka_bootstrap, group)
     producer = clients.transactional_producer(_kafka(kafka_bootstrap), _unique("cp-tx"))
     try:
-        cp = Checkpoint(producer, consumer, state)
+        cp = Checkpoint(producer, consumer, StateTransaction(state))
         assert cp.empty and not cp.due()
         [msg] = _consume(consumer, source, 1)
         cp.mark_processed(msg.topic(), msg.partition(), msg.offset())  # e.g. a skipped event
@@ -148,26 +168,30 @@ def test_an_abortable_failure_aborts_and_the_batch_is_read_again_from_its_start(
     producer = clients.transactional_producer(_kafka(kafka_bootstrap), _unique("cp-tx"))
     try:
         # A batch is committed, so the failing one does not start at offset 0.
-        cp = Checkpoint(producer, consumer, state)
+        cp = Checkpoint(producer, consumer, StateTransaction(state))
         [first, *batch] = _consume(consumer, source, 3)
         cp.produce(OutboundRecord(sink, b"a", first.value(), partition=0))
         cp.mark_processed(first.topic(), first.partition(), first.offset())
         cp.commit()
-        cp = Checkpoint(producer, consumer, state)
+        store = _DictStore()
+        txn = StateTransaction(state, store=store)
+        cp = Checkpoint(producer, consumer, txn)
         for msg in batch:
             cp.produce(OutboundRecord(sink, b"a", msg.value(), partition=0))
-            cp.put_state(0, b"a", msg.value())
+            txn.set(0, b"a", msg.value())
             cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
         # A compacted topic refuses a record without a key: the broker fails its delivery, and
         # a transaction holding a failed record can only be aborted (abortable, not fatal).
         cp.produce(OutboundRecord(state, None, b"no key", partition=0))
         with pytest.raises(TransactionAborted):
             cp.commit()
+        # The aborted batch's state never reaches the store and is no longer read back.
+        assert store.values == {} and len(txn) == 0 and txn.get(0, b"a") is None
         again = _consume(consumer, source, 2)
         # The producer is still usable: the batch read again is committed. (Not to the state
         # partition whose batch the broker refused: with librdkafka 2.16.0 the next transaction
         # writing there fails with OUT_OF_ORDER_SEQUENCE_NUMBER; not covered here.)
-        cp = Checkpoint(producer, consumer, state)
+        cp = Checkpoint(producer, consumer, StateTransaction(state))
         for msg in again:
             cp.produce(OutboundRecord(sink, b"a", msg.value(), partition=0))
             cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
@@ -194,7 +218,7 @@ def test_a_fenced_producer_fails_fatally_and_the_batch_is_read_again(
     consumer = _group_consumer(kafka_bootstrap, group)
     producer = clients.transactional_producer(_kafka(kafka_bootstrap), tid)
     try:
-        cp = Checkpoint(producer, consumer, state)
+        cp = Checkpoint(producer, consumer, StateTransaction(state))
         for msg in _consume(consumer, source, 2):
             cp.produce(OutboundRecord(sink, b"a", msg.value(), partition=0))
             cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
@@ -241,7 +265,7 @@ def test_a_stalled_transactional_call_replaces_the_producer_and_the_batch_is_rea
         cp = Checkpoint(
             stuck,
             consumer,
-            state,
+            StateTransaction(state),
             new_producer=lambda: clients.transactional_producer(_kafka(kafka_bootstrap), tid),
             on_stall=stalls.append,
             commit_timeout=2.0,
@@ -258,7 +282,7 @@ def test_a_stalled_transactional_call_replaces_the_producer_and_the_batch_is_rea
         assert cp.producer is not stuck and is_abandoned(stuck)
         again = _consume(consumer, source, 2)
         # The replacement commits the batch read again; the stuck one's records never show.
-        cp = Checkpoint(cp.producer, consumer, state)
+        cp = Checkpoint(cp.producer, consumer, StateTransaction(state))
         for msg in again:
             cp.produce(OutboundRecord(sink, b"a", msg.value(), partition=0))
             cp.mark_processed(msg.topic(), msg.partition(), msg.offset())

@@ -26,6 +26,7 @@ from icareus_bridge.kafka.checkpoint import (
     OutboundRecord,
     TransactionAborted,
 )
+from icareus_bridge.kafka.state import StateTransaction
 from tests.integration.planner_support import (
     Record,
     event,
@@ -123,19 +124,29 @@ def test_a_record_over_the_topic_limit_is_dead_lettered_and_the_next_transaction
     try:
         msgs = _consume(consumer, source, 5)
         # e0 causes a record the topic refuses (and a small one, in the same broker batch).
-        cp = Checkpoint(producer, consumer, state, dead_letters=route, new_producer=new_producer)
+        cp = Checkpoint(
+            producer,
+            consumer,
+            StateTransaction(state),
+            dead_letters=route,
+            new_producer=new_producer,
+        )
         for msg in msgs[:2]:
             cp.produce(OutboundRecord(sink, b"a", b"out-" + msg.value(), partition=0))
             if msg.value() == b"e0":
                 cp.produce(OutboundRecord(sink, b"a", big, partition=0))
-            cp.put_state(0, b"a", msg.value())
+            cp.state.set(0, b"a", msg.value())
             cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
         stats = cp.commit()
         assert stats.dead_lettered == 1
         # The next transactions write to the same partition and commit.
         for msg in msgs[2:]:
             cp = Checkpoint(
-                cp.producer, consumer, state, dead_letters=route, new_producer=new_producer
+                cp.producer,
+                consumer,
+                StateTransaction(state),
+                dead_letters=route,
+                new_producer=new_producer,
             )
             cp.produce(OutboundRecord(sink, b"a", b"out-" + msg.value(), partition=0))
             cp.mark_processed(msg.topic(), msg.partition(), msg.offset())
@@ -188,12 +199,22 @@ def test_a_dead_letter_too_large_for_the_dead_letter_topic_is_truncated_but_name
     try:
         msgs = _consume(consumer, source, 2)
         cp = Checkpoint(
-            new_producer(), consumer, state, dead_letters=route, new_producer=new_producer
+            new_producer(),
+            consumer,
+            StateTransaction(state),
+            dead_letters=route,
+            new_producer=new_producer,
         )
         cp.produce(OutboundRecord(sink, b"sub-big", big, partition=0))
         cp.mark_processed(msgs[0].topic(), 0, msgs[0].offset())
         assert cp.commit().dead_lettered == 1
-        cp = Checkpoint(cp.producer, consumer, state, dead_letters=route, new_producer=new_producer)
+        cp = Checkpoint(
+            cp.producer,
+            consumer,
+            StateTransaction(state),
+            dead_letters=route,
+            new_producer=new_producer,
+        )
         cp.produce(OutboundRecord(sink, b"sub-1", b"small", partition=0))
         cp.mark_processed(msgs[1].topic(), 0, msgs[1].offset())
         cp.commit()
@@ -231,14 +252,14 @@ def test_without_a_dead_letter_route_the_batch_is_aborted_and_the_producer_repla
     first = new_producer()
     try:
         [msg] = _consume(consumer, source, 1)
-        cp = Checkpoint(first, consumer, state, new_producer=new_producer)
+        cp = Checkpoint(first, consumer, StateTransaction(state), new_producer=new_producer)
         cp.produce(OutboundRecord(sink, b"a", b"B" * (LIMIT * 3), partition=0))
         cp.mark_processed(msg.topic(), 0, msg.offset())
         with pytest.raises(TransactionAborted, match="MSG_SIZE_TOO_LARGE"):
             cp.commit()
         assert cp.producer is not first
         [again] = _consume(consumer, source, 1)  # rewound: read again
-        cp = Checkpoint(cp.producer, consumer, state, new_producer=new_producer)
+        cp = Checkpoint(cp.producer, consumer, StateTransaction(state), new_producer=new_producer)
         cp.produce(OutboundRecord(sink, b"a", b"small", partition=0))
         cp.mark_processed(again.topic(), 0, again.offset())
         cp.commit()
@@ -337,7 +358,11 @@ def test_a_dead_letter_the_dead_letter_topic_refuses_keeps_its_own_headers_trunc
     try:
         [msg] = _consume(consumer, source, 1)
         cp = Checkpoint(
-            new_producer(), consumer, state, dead_letters=route, new_producer=new_producer
+            new_producer(),
+            consumer,
+            StateTransaction(state),
+            dead_letters=route,
+            new_producer=new_producer,
         )
         cp.produce(OutboundRecord(dlq, huge_key, b"V" * (LIMIT * 2), headers=headers))
         cp.mark_processed(msg.topic(), 0, msg.offset())

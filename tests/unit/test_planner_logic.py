@@ -18,8 +18,9 @@ from icareus_bridge.core.model import (
     SubscriptionState,
 )
 from icareus_bridge.core.plan import plan
+from icareus_bridge.kafka.consumer import ConsumedRecord
 from icareus_bridge.pipeline.outcomes import request_fields
-from icareus_bridge.pipeline.planner import InboundRecord, PlannerLogic
+from icareus_bridge.pipeline.planner import PlannerLogic
 
 codec = Codec()
 SETTINGS = Settings(
@@ -56,8 +57,8 @@ def _event(version: int, event_id: str | None = None) -> LifecycleEvent:
     )
 
 
-def _rec(value: bytes | None, key: bytes | None = b"sub-1", topic: str = T.input) -> InboundRecord:
-    return InboundRecord(topic, 2, 17, 1_790_000_000_001, key, value)
+def _rec(value: bytes | None, key: bytes | None = b"sub-1", topic: str = T.input) -> ConsumedRecord:
+    return ConsumedRecord(topic, 2, 17, key, value, timestamp_ms=1_790_000_000_001)
 
 
 def test_an_event_becomes_requests_a_rejection_result_and_the_new_state_in_its_partition() -> None:

@@ -1,5 +1,7 @@
 """The planner's state store: per partition, encoded records decoded on access, tombstones
-forget, the dispatcher's parked-key markers are not subscriptions, revocation drops."""
+forget, the dispatcher's parked-key markers are not subscriptions, revocation drops; and its
+state transaction: reads see their own writes, values are encoded at commit, the store takes
+them only when flushed (after the Kafka commit), a discard forgets them."""
 
 from __future__ import annotations
 
@@ -67,3 +69,60 @@ def test_the_decoded_cache_is_bounded() -> None:
         store.load(0, f"k{n}".encode(), _enc(f"k{n}", n))
         store.get(0, f"k{n}".encode())
     assert len(store._cache) == 3
+
+
+def test_a_state_transaction_reads_its_own_writes_and_reaches_the_store_only_when_flushed() -> None:
+    store = StateStore(_decode)
+    store.load(0, b"a", _enc("a", 1))
+    encoded: list[str] = []
+
+    def encode(record: SubscriptionRecord | None) -> bytes | None:
+        assert record is not None
+        encoded.append(record.subscription_id)
+        return codec.encode_state(record)
+
+    txn = store.transaction("state", encode)
+    a = txn.get(0, b"a")
+    assert a is not None and a.last_version == 1  # read through to the store
+    txn.set(0, b"a", SubscriptionRecord(subscription_id="a", last_version=2))
+    txn.set(0, b"a", SubscriptionRecord(subscription_id="a", last_version=3))
+    txn.set(1, b"b", SubscriptionRecord(subscription_id="b", last_version=1))
+    mine = txn.get(0, b"a")
+    assert mine is not None and mine.last_version == 3  # its own write first
+    assert encoded == []  # nothing encoded before the commit
+    prepared = txn.prepare()
+    assert [(p, k) for p, k, _ in prepared] == [(0, b"a"), (1, b"b")]
+    assert encoded == ["a", "b"]  # the last write per key, once
+    stored = store.get(0, b"a")
+    assert stored is not None and stored.last_version == 1  # not before the flush
+    txn.flush()
+    stored = store.get(0, b"a")
+    assert stored is not None and stored.last_version == 3
+    assert store.get(1, b"b") is not None and len(txn) == 0
+
+
+def test_a_discarded_state_transaction_leaves_the_store_as_it_was() -> None:
+    store = StateStore(_decode)
+    store.load(0, b"a", _enc("a", 1))
+    txn = store.transaction("state", codec.encode_state)
+    txn.set(0, b"a", SubscriptionRecord(subscription_id="a", last_version=2))
+    txn.delete(0, b"c")
+    assert txn.get(0, b"c") is None
+    txn.prepare()
+    txn.discard()
+    txn.flush()  # nothing left to apply
+    a = store.get(0, b"a")
+    assert a is not None and a.last_version == 1 and store.size_of(0) == 1
+    again = txn.get(0, b"a")
+    assert again is not None and again.last_version == 1  # reads go to the store again
+
+
+def test_a_tombstone_in_a_transaction_hides_the_stored_value_until_flushed() -> None:
+    store = StateStore(_decode)
+    store.load(0, b"a", _enc("a", 1))
+    txn = store.transaction("state", codec.encode_state)
+    txn.delete(0, b"a")
+    assert txn.get(0, b"a") is None and store.get(0, b"a") is not None
+    assert txn.prepare() == [(0, b"a", None)]
+    txn.flush()
+    assert store.get(0, b"a") is None

@@ -18,7 +18,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from icareus_bridge.config import KafkaSettings, TopicSettings
-from icareus_bridge.kafka.clients import base_config, security_refusal
+from icareus_bridge.kafka.clients import base_config, error_text, kafka_error, security_refusal
 
 
 class StartupError(Exception):
@@ -56,7 +56,7 @@ def wait_for_broker(
             first_contact(admin, kafka, errors, attempt_seconds)
             return True
         except KafkaException as exc:
-            last = str(exc.args[0] if exc.args else exc)
+            last = error_text(exc)
             errors.clear()
         now = time.monotonic()
         if limit > 0 and now - started >= limit:
@@ -156,33 +156,7 @@ def ensure_topics(
         missing = [t for t in dict.fromkeys(wanted) if t not in existing]
         created: set[str] = set()
         if missing:
-            # A missing state/results/requests topic follows the input topic's partition count
-            # when the input topic already exists (co-partitioning), else the configured count.
-            base = existing.get(topics.input, kafka.partitions)
-            new = []
-            for name in missing:
-                config = {"cleanup.policy": "compact"} if name == topics.state else {}
-                copartitioned = (
-                    name in (topics.state, topics.results, topics.requests) and name != topics.input
-                )
-                parts = base if copartitioned else kafka.partitions
-                new.append(
-                    NewTopic(
-                        name,
-                        num_partitions=parts,
-                        replication_factor=kafka.replication_factor,
-                        config=config,
-                    )
-                )
-            for name, fut in admin.create_topics(new, request_timeout=timeout).items():
-                try:
-                    fut.result(timeout=timeout)
-                    created.add(name)
-                except KafkaException as exc:
-                    err = exc.args[0] if exc.args else None
-                    exists = KafkaError.TOPIC_ALREADY_EXISTS
-                    if not (isinstance(err, KafkaError) and err.code() == exists):
-                        raise StartupError(f"topic {name}: cannot create it: {exc}") from exc
+            created = _create_topics(admin, kafka, topics, missing, existing, timeout)
             existing = _wait_for_topics(admin, wanted, timeout)
         policies = _cleanup_policies(admin, list(dict.fromkeys(wanted)), timeout)
     except KafkaException as exc:
@@ -190,6 +164,61 @@ def ensure_topics(
             f"kafka.bootstrap_servers={kafka.bootstrap_servers}: cannot set up topics: {exc}"
         ) from exc
 
+    _check_layout(topics, existing, policies)
+    return [
+        TopicReport(
+            name=n,
+            partitions=existing[n],
+            created=n in created,
+            cleanup_policy=policies.get(n, ""),
+        )
+        for n in dict.fromkeys(wanted)
+    ]
+
+
+def _create_topics(
+    admin: AdminClient,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    missing: list[str],
+    existing: dict[str, int],
+    timeout: float,
+) -> set[str]:
+    """Create the `missing` topics; the names created (one that appeared meanwhile is fine).
+    A missing state/results/requests topic follows the input topic's partition count when the
+    input topic already exists (co-partitioning), else the configured count."""
+    base = existing.get(topics.input, kafka.partitions)
+    new = []
+    for name in missing:
+        config = {"cleanup.policy": "compact"} if name == topics.state else {}
+        copartitioned = (
+            name in (topics.state, topics.results, topics.requests) and name != topics.input
+        )
+        parts = base if copartitioned else kafka.partitions
+        new.append(
+            NewTopic(
+                name,
+                num_partitions=parts,
+                replication_factor=kafka.replication_factor,
+                config=config,
+            )
+        )
+    created: set[str] = set()
+    for name, fut in admin.create_topics(new, request_timeout=timeout).items():
+        try:
+            fut.result(timeout=timeout)
+            created.add(name)
+        except KafkaException as exc:
+            err = kafka_error(exc)
+            if err is None or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise StartupError(f"topic {name}: cannot create it: {exc}") from exc
+    return created
+
+
+def _check_layout(
+    topics: TopicSettings, existing: dict[str, int], policies: dict[str, str]
+) -> None:
+    """`StartupError` unless the state topic is compacted and co-partitioned with the input."""
     state_policy = policies.get(topics.state, "")
     if "compact" not in {p.strip() for p in state_policy.split(",")}:
         raise StartupError(
@@ -212,15 +241,6 @@ def ensure_topics(
                 f"topic {name} ({role}) has {existing[name]} partitions but the input topic "
                 f"{topics.input} has {n_input}: they must be co-partitioned (same count)"
             )
-    return [
-        TopicReport(
-            name=n,
-            partitions=existing[n],
-            created=n in created,
-            cleanup_policy=policies.get(n, ""),
-        )
-        for n in dict.fromkeys(wanted)
-    ]
 
 
 def unowned_partitions(

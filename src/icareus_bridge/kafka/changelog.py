@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from icareus_bridge.config import KafkaSettings
-from icareus_bridge.kafka.clients import assign_only_consumer
+from icareus_bridge.kafka.clients import assign_only_consumer, is_partition_eof, kafka_error
 
 # Errors that only mean "the partition's leader is not known yet".
 _NOT_YET = frozenset(
@@ -45,8 +45,8 @@ def _watermarks(consumer: Consumer, topic: str, partition: int, deadline: float)
             )
             return int(low), int(high)
         except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in _NOT_YET)
+            err = kafka_error(exc)
+            retriable = err is not None and (err.retriable() or err.code() in _NOT_YET)
             if not retriable or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -87,7 +87,7 @@ def read_to_end(
             for msg in consumer.consume(num_messages=batch, timeout=0.5):
                 err = msg.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
+                    if is_partition_eof(err):
                         pending.discard(msg.partition() or 0)
                         continue
                     if err.fatal() or not err.retriable():

@@ -1,8 +1,10 @@
 """One transaction's worth of exactly-once work between topics.
 
 A `Checkpoint` collects what a stage produced while it processed a batch of input records —
-output records (requests, results, dead letters), changelog writes (last value per key) and
-the offsets it has processed — and `commit()` makes all of it visible at once, or none of it.
+output records (requests, results, dead letters) and the offsets it has processed — and is
+handed the batch's `StateTransaction` (kafka/state.py, the changelog writes); `commit()` makes
+all of it visible at once, or none of it, and only then applies the state writes to the store
+(an abort or rewind discards them).
 The stage starts a new `Checkpoint` after every commit or abort, with `checkpoint.producer`
 (which `commit()` may have replaced, see "Refused records").
 
@@ -35,13 +37,15 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from icareus_bridge.kafka.clients import kafka_error
+from icareus_bridge.kafka.state import StateTransaction
 from icareus_bridge.pipeline.dead_letter import refused_dead_letter
 
 Header = tuple[str, bytes]
@@ -75,16 +79,6 @@ class OutboundRecord:
     value: bytes | None
     partition: int | None = None
     headers: list[Header] | None = None
-
-
-@dataclass(slots=True)
-class StateWrite:
-    """A pending changelog write: the object the stage may read back before the commit
-    (read-your-writes within the batch) and, once encoded at commit, its bytes (None = a
-    tombstone)."""
-
-    obj: Any
-    value: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,29 +144,23 @@ class TransactionFatal(Exception):
     the consumer was rewound. The stage must build a new producer (or stop)."""
 
 
-def _kafka_error(exc: BaseException) -> KafkaError | None:
-    err = exc.args[0] if exc.args else None
-    return err if isinstance(err, KafkaError) else None
-
-
 @dataclass
 class Checkpoint:
-    """Collects one batch's output, state writes and processed offsets; see `commit()`.
+    """Collects one batch's output and processed offsets, with its state transaction; see
+    `commit()`.
 
-    `changelog_topic` receives the state writes, each in the partition number of the input
-    record that caused it (co-partitioning does not depend on any partitioner)."""
+    `state` (None: the stage keeps no state) holds the batch's changelog writes, each produced
+    to the partition number of the input record that caused it (co-partitioning does not
+    depend on any partitioner)."""
 
     producer: Producer
     consumer: Consumer
-    changelog_topic: str
+    state: StateTransaction[Any] | None = None
     # Refused records become dead letters here (None: the batch is aborted, as for any
     # abortable error, after the producer is replaced).
     dead_letters: DeadLetterRoute | None = None
     # Builds the replacement producer (same transactional id) after a refusal.
     new_producer: Callable[[], Producer] | None = None
-    # Encodes a state object for the changelog; called once per key at commit, so a key
-    # written many times in one batch is encoded once. None: objects are already bytes.
-    encode_state: Callable[[Any], bytes | None] | None = None
     max_records: int = 500
     max_seconds: float = 0.1
     commit_timeout: float = 30.0
@@ -186,7 +174,6 @@ class Checkpoint:
     _next_offsets: dict[tuple[str, int], int] = field(default_factory=dict, init=False)
     _first_offsets: dict[tuple[str, int], int] = field(default_factory=dict, init=False)
     _offset_metadata: dict[tuple[str, int], str] = field(default_factory=dict, init=False)
-    _state: dict[tuple[int, bytes], StateWrite] = field(default_factory=dict, init=False)
     _records: int = field(default=0, init=False)
     _produced: int = field(default=0, init=False)
     # Every record produced in this transaction, in order (to run the batch again after a
@@ -217,7 +204,7 @@ class Checkpoint:
             self._begin()
             self._send_output(index)
         except KafkaException as exc:
-            err = _kafka_error(exc)
+            err = kafka_error(exc)
             if err is None or err.code() != KafkaError._STATE or self.new_producer is None:
                 raise
             # An earlier record of this transaction was refused in flight, or the transaction
@@ -234,7 +221,7 @@ class Checkpoint:
                 self._send(out, on_delivery)
                 return
             except KafkaException as exc:
-                err = _kafka_error(exc)
+                err = kafka_error(exc)
                 if err is None or err.code() not in REFUSALS or self.dead_letters is None:
                     raise
                 if refusal is not None and refusal.truncated:
@@ -308,19 +295,6 @@ class Checkpoint:
         )
         return OutboundRecord(route.topic, key, value, headers=headers)
 
-    def put_state(self, partition: int, key: bytes, obj: Any) -> None:
-        """Record a changelog write (obj None = tombstone); only the last write per key is
-        encoded and produced, at commit."""
-        self._state[(partition, key)] = StateWrite(obj)
-
-    def pending_state(self, partition: int, key: bytes) -> StateWrite | None:
-        """The write this checkpoint holds for the key, if any (read-your-writes)."""
-        return self._state.get((partition, key))
-
-    def state_writes(self) -> Iterator[tuple[int, bytes, StateWrite]]:
-        for (partition, key), write in self._state.items():
-            yield partition, key, write
-
     def mark_processed(self, topic: str, partition: int, offset: int) -> None:
         """Offset `offset` of `topic`/`partition` is fully handled by this checkpoint."""
         tp = (topic, partition)
@@ -369,16 +343,19 @@ class Checkpoint:
         """Make the batch visible atomically. Steps, in order:
 
         1. Begin the transaction if nothing was produced yet (offsets alone still need one).
-        2. Produce the changelog: the last write per key, encoded now, to the partition of
-           the input record that caused it.
+        2. Produce the changelog: the state transaction's last write per key, encoded now, to
+           the partition of the input record that caused it.
         3. `send_offsets_to_transaction`: the next offset of every processed partition, with
            the consumer's group metadata (generation-fenced: a member that lost its partitions
            in a rebalance cannot commit them).
         4. `commit_transaction`: flushes every produced record, then commits; retried while
            the error is retriable.
 
+        5. Apply the state writes to the store.
+
         On an abortable error: abort, rewind, raise `TransactionAborted`. On a fatal one
-        (fenced): rewind, raise `TransactionFatal`. A checkpoint is spent after `commit()`.
+        (fenced): rewind, raise `TransactionFatal`. Either way the state writes are discarded.
+        A checkpoint is spent after `commit()`.
         """
         started = time.monotonic()
         if self.empty:
@@ -387,10 +364,17 @@ class Checkpoint:
             self._commit_steps()
         except _Stalled as stall:
             self._abandon(stall)
+        except BaseException:
+            self._discard_state()
+            raise
+        writes = 0
+        if self.state is not None:
+            writes = len(self.state)
+            self.state.flush()  # 5
         stats = CommitStats(
             input_records=self._records,
             produced=self._produced,
-            state_writes=len(self._state),
+            state_writes=writes,
             seconds=time.monotonic() - started,
             refused=tuple(self._refused[i] for i in sorted(self._refused)),
         )
@@ -400,17 +384,10 @@ class Checkpoint:
     def _commit_steps(self) -> None:
         try:
             self._begin()  # 1
-            encode = self.encode_state
-            for partition, key, write in self.state_writes():  # 2
-                if write.obj is None:
-                    write.value = None
-                elif encode is not None:
-                    write.value = encode(write.obj)
-                else:
-                    write.value = write.obj
-                self.produce(
-                    OutboundRecord(self.changelog_topic, key, write.value, partition=partition)
-                )
+            if self.state is not None:
+                topic = self.state.topic
+                for partition, key, value in self.state.prepare():  # 2
+                    self.produce(OutboundRecord(topic, key, value, partition=partition))
             if self._failed is not None:
                 raise self._failed
             self._send_offsets()  # 3
@@ -468,7 +445,7 @@ class Checkpoint:
                 return reason
             except KafkaException as exc:
                 last = exc
-                err = _kafka_error(exc)
+                err = kafka_error(exc)
                 if err is not None and err.fatal():
                     break
         self.rewind()
@@ -492,7 +469,7 @@ class Checkpoint:
             )
 
     def _refused_by_broker(self, exc: KafkaException) -> bool:
-        err = _kafka_error(exc)
+        err = kafka_error(exc)
         # _STATE: produce() was refused because the transaction had already failed in flight.
         return (
             err is not None
@@ -528,7 +505,7 @@ class Checkpoint:
         if self.dead_letters is None:
             self._replace_producer()
             self.rewind()
-            raise TransactionAborted(f"transaction aborted: {_kafka_error(first)}") from first
+            raise TransactionAborted(f"transaction aborted: {kafka_error(first)}") from first
         exc: KafkaException = first
         for _attempt in range(MAX_RECOVERY_ATTEMPTS):
             self._replace_producer()
@@ -577,14 +554,14 @@ class Checkpoint:
                 )
                 return
             except KafkaException as exc:
-                err = _kafka_error(exc)
+                err = kafka_error(exc)
                 attempts += 1
                 if err is not None and err.retriable() and attempts < 5:
                     continue
                 raise
 
     def _fail(self, exc: KafkaException) -> None:
-        err = _kafka_error(exc)
+        err = kafka_error(exc)
         self.rewind()
         if err is not None and err.fatal():
             self._in_transaction = False
@@ -592,10 +569,16 @@ class Checkpoint:
         self.abort()
         raise TransactionAborted(f"transaction aborted: {err or exc}") from exc
 
+    def _discard_state(self) -> None:
+        if self.state is not None:
+            self.state.discard()
+
     def abort(self) -> None:
-        """Abort the open transaction, if any (nothing of it becomes visible). An abort that
+        """Abort the open transaction, if any (nothing of it becomes visible; the state writes
+        are discarded). An abort that
         stalls or fails without a fatal error (given a `new_producer`) replaces `producer`
         (read it again afterwards); a fatal one (fenced) raises `TransactionFatal`."""
+        self._discard_state()
         if self._in_transaction:
             producer = self.producer
             try:
@@ -608,7 +591,7 @@ class Checkpoint:
                 self._replace_stalled(f"transaction stalled: {stall}")
                 return
             except KafkaException as exc:
-                err = _kafka_error(exc)
+                err = kafka_error(exc)
                 self._in_transaction = False
                 if self.new_producer is not None and err is not None and not err.fatal():
                     self._replace_stalled(f"abort failed: {err}")
@@ -618,7 +601,9 @@ class Checkpoint:
 
     def rewind(self) -> None:
         """Seek the consumer back to the first offset this checkpoint processed, per
-        partition, so the batch is read again (those are the last committed offsets)."""
+        partition, so the batch is read again (those are the last committed offsets); the
+        state writes derived from it are discarded."""
+        self._discard_state()
         for (topic, partition), offset in self._first_offsets.items():
             try:
                 self.consumer.seek(TopicPartition(topic, partition, offset))

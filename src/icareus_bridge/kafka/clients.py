@@ -172,6 +172,17 @@ def transactional_id(kafka: KafkaSettings, role: str, instance: str) -> str:
     return f"{kafka.transactional_id_prefix}-{role}-{instance}"
 
 
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The `KafkaError` a confluent-kafka exception carries as its first argument, if any."""
+    err = exc.args[0] if exc.args else None
+    return err if isinstance(err, KafkaError) else None
+
+
+def error_text(exc: BaseException) -> str:
+    """The client's own text of a confluent-kafka exception (its `KafkaError`), else `exc`."""
+    return str(exc.args[0] if exc.args else exc)
+
+
 def is_partition_eof(err: Any) -> bool:
     """A consumer 'error' that only says the end of a partition was reached."""
     return bool(err is not None and err.code() == KafkaError._PARTITION_EOF)

@@ -1,56 +1,34 @@
 """The dispatcher's Kafka edge: its group consumer of the requests topic (non-blocking polls from
 the event loop, pause/resume, committed offsets with their metadata) and the transaction that
 makes a batch of results, dead letters and parked-key markers visible together with the offsets
-it finishes. Plain Python values cross this edge; confluent-kafka stays inside it."""
+it finishes; the parked-key markers are the batch's state transaction (kafka/state.py), the
+last write per key produced at commit. Plain Python values cross this edge; confluent-kafka
+stays inside it. `ConsumedRecord` and `ConsumerFailed` live in kafka/consumer.py, shared with
+the planner, and stay importable from here."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, Producer
 
 from icareus_bridge.config import KafkaSettings
 from icareus_bridge.kafka.checkpoint import Checkpoint, CommitStats, DeadLetterRoute, OutboundRecord
-from icareus_bridge.kafka.clients import consumer as group_consumer
-from icareus_bridge.kafka.clients import foreign_topics, is_fatal, transactional_producer
+from icareus_bridge.kafka.clients import transactional_producer
+from icareus_bridge.kafka.consumer import ConsumedRecord, ConsumerFailed, GroupConsumer, Partition
+from icareus_bridge.kafka.state import StateTransaction
+from icareus_bridge.pipeline.parking import is_parked_marker
 
-Header = tuple[str, bytes]
 PartitionsCallback = Callable[[list[int]], None]
 ReasonCallback = Callable[[str], None]
 
 
-@dataclass(frozen=True, slots=True)
-class ConsumedRecord:
-    """One record of the requests topic, as read."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[Header, ...]
-    timestamp_ms: int | None
-
-
-class ConsumerFailed(Exception):
-    """The consumer reported an error it cannot recover from."""
-
-
 class RequestsConsumer:
-    """Group consumer of one topic; `on_assign` / `on_revoke` receive partition numbers and
-    run inside `poll()`, on the caller's thread. An assignment that names another topic (a
-    static member handed what its instance held before a subscription change, see
-    `clients.foreign_topics`) is refused: `on_refused` gets the reason, and the next `poll()`
-    leaves the group and joins again."""
+    """Group consumer of one topic (a `GroupConsumer` of kafka/consumer.py); `on_assign` /
+    `on_revoke` receive partition numbers and run inside `poll()`, on the caller's thread. An
+    assignment that names another topic (a static member handed what its instance held before a
+    subscription change, see `clients.foreign_topics`) is refused: `on_refused` gets the reason,
+    and the next `poll()` leaves the group and joins again."""
 
     def __init__(
         self,
@@ -65,121 +43,54 @@ class RequestsConsumer:
         on_refused: ReasonCallback | None = None,
     ) -> None:
         self.topic = topic
-        self._on_assign = on_assign
-        self._on_revoke = on_revoke
-        self._on_lost = on_lost
-        self._on_refused = on_refused
-        self._rejoin_reason: str | None = None
-        self.raw: Consumer = group_consumer(kafka, group_id, instance_id=instance_id)
-        self._subscribe()
 
-    def _subscribe(self) -> None:
-        self.raw.subscribe(
-            [self.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
+        def assigned(partitions: list[Partition]) -> None:
+            on_assign(sorted(p.partition for p in partitions))
+
+        self.group = GroupConsumer(
+            kafka,
+            group_id,
+            [topic],
+            instance_id=instance_id,
+            on_assign=assigned,
+            on_revoke=lambda ps: on_revoke(sorted(p.partition for p in ps)),
+            on_lost=lambda ps: on_lost(sorted(p.partition for p in ps)),
+            on_refused=on_refused,
+            role="dispatcher",
         )
-
-    def _assigned(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        foreign = foreign_topics([self.topic], partitions)
-        if foreign:
-            consumer.assign([])
-            reason = (
-                f"assigned partitions of {', '.join(foreign)}, which this dispatcher does not "
-                "read (kept from before a subscription change); rejoining the group"
-            )
-            self._rejoin_reason = reason
-            if self._on_refused is not None:
-                self._on_refused(reason)
-            return
-        self._on_assign(sorted(tp.partition for tp in partitions))
-
-    def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._on_revoke(sorted(tp.partition for tp in partitions))
-
-    def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._on_lost(sorted(tp.partition for tp in partitions))
+        self.raw: Consumer = self.group.raw
 
     def rejoin(self) -> None:
         """Leave the group and join again as a new member (librdkafka's unsubscribe sends
         LeaveGroup also for a static member), so the coordinator rebalances."""
-        self._rejoin_reason = None
-        self.raw.unsubscribe()
-        self._subscribe()
+        self.group.rejoin()
 
     def poll(self, max_records: int, timeout: float = 0.0) -> list[ConsumedRecord]:
-        if self._rejoin_reason is not None:
-            self.rejoin()
-        out: list[ConsumedRecord] = []
-        for msg in self.raw.consume(num_messages=max_records, timeout=timeout):
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if is_fatal(err):
-                    raise ConsumerFailed(f"topic {self.topic}: {err}")
-                continue  # transient: librdkafka retries by itself
-            ts_type, ts = msg.timestamp()
-            raw_headers = msg.headers() or []
-            if isinstance(raw_headers, dict):
-                raw_headers = list(raw_headers.items())
-            out.append(
-                ConsumedRecord(
-                    topic=msg.topic() or self.topic,
-                    partition=msg.partition() or 0,
-                    offset=msg.offset() or 0,
-                    key=msg.key(),
-                    value=msg.value(),
-                    headers=tuple(
-                        (name, value if isinstance(value, bytes) else b"")
-                        for name, value in raw_headers
-                    ),
-                    timestamp_ms=ts if ts_type != 0 else None,
-                )
-            )
-        return out
+        return self.group.poll(max_records, timeout)
 
     def committed(
         self, partitions: Sequence[int], timeout: float = 30.0
     ) -> dict[int, tuple[int, str]]:
         """Per partition: (committed offset, its metadata); partitions never committed omitted."""
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        out: dict[int, tuple[int, str]] = {}
-        try:
-            for tp in self.raw.committed(tps, timeout=timeout):
-                if tp.offset >= 0:
-                    out[tp.partition] = (tp.offset, tp.metadata or "")
-        except KafkaException as exc:
-            raise ConsumerFailed(
-                f"topic {self.topic}: committed offsets unreadable: {exc}"
-            ) from exc
-        return out
+        wanted = [Partition(self.topic, p) for p in partitions]
+        return {tp.partition: v for tp, v in self.group.committed(wanted, timeout).items()}
 
     def seek(self, partition: int, offset: int | None) -> None:
         """Read `partition` again from `offset` (None: from its beginning)."""
-        target = OFFSET_BEGINNING if offset is None or offset < 0 else offset
-        self.raw.seek(TopicPartition(self.topic, partition, target))
+        self.group.seek(self.topic, partition, offset)
 
     def pause(self, partitions: Iterable[int]) -> None:
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        if tps:
-            self.raw.pause(tps)
+        self.group.pause(Partition(self.topic, p) for p in partitions)
 
     def resume(self, partitions: Iterable[int]) -> None:
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        if tps:
-            self.raw.resume(tps)
+        self.group.resume(Partition(self.topic, p) for p in partitions)
 
     def lag(self, partition: int, position: int) -> int | None:
         """Records after `position` in the partition (cached high watermark, no broker call)."""
-        try:
-            _, high = self.raw.get_watermark_offsets(
-                TopicPartition(self.topic, partition), cached=True
-            )
-        except KafkaException:
-            return None
-        return None if high < 0 else max(high - position, 0)
+        return self.group.lag(self.topic, partition, position)
 
     def close(self) -> None:
-        self.raw.close()
+        self.group.close()
 
 
 class DispatchTransactions:
@@ -209,15 +120,16 @@ class DispatchTransactions:
     def commit(
         self, records: Sequence[OutboundRecord], offsets: dict[int, tuple[int, str]]
     ) -> CommitStats:
+        markers, outputs = _split_markers(records)
         checkpoint = Checkpoint(
             self.producer,
             self._consumer.raw,
-            changelog_topic="",
+            markers,
             dead_letters=self._dead_letters,
             new_producer=self._new_producer,
         )
         try:
-            for record in records:
+            for record in outputs:
                 checkpoint.produce(record)
             for partition, (offset, metadata) in offsets.items():
                 checkpoint.commit_offset(self._consumer.topic, partition, offset, metadata)
@@ -227,6 +139,27 @@ class DispatchTransactions:
 
     def close(self, timeout: float = 10.0) -> None:
         self.producer.flush(timeout)
+
+
+def _split_markers(
+    records: Sequence[OutboundRecord],
+) -> tuple[StateTransaction[bytes] | None, list[OutboundRecord]]:
+    """Parked-key markers (pipeline/parking.py) become the batch's state transaction on the
+    state topic (the last write per key, produced at commit); the other records are output."""
+    markers: StateTransaction[bytes] | None = None
+    outputs: list[OutboundRecord] = []
+    for record in records:
+        if record.partition is None or not is_parked_marker(record.key):
+            outputs.append(record)
+            continue
+        assert record.key is not None
+        if markers is None:
+            markers = StateTransaction(record.topic)
+        if record.value is None:
+            markers.delete(record.partition, record.key)
+        else:
+            markers.set(record.partition, record.key, record.value)
+    return markers, outputs
 
 
 __all__ = [

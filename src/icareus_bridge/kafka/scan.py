@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from icareus_bridge.config import KafkaSettings
-from icareus_bridge.kafka.clients import assign_only_consumer
+from icareus_bridge.kafka.clients import assign_only_consumer, error_text, is_partition_eof
 
 _M = 0x5BD1E995
 _SEED = 0x9747B28C
@@ -158,7 +158,7 @@ class PartitionReader:
             try:
                 md = self._consumer.list_topics(topic, timeout=1.0)
             except KafkaException as exc:
-                last = str(exc.args[0] if exc.args else exc)
+                last = error_text(exc)
             else:
                 meta = md.topics.get(topic)
                 if meta is None or (
@@ -278,7 +278,7 @@ class PartitionReader:
                     err = msg.error()
                     where = (msg.topic(), msg.partition())
                     if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
+                        if is_partition_eof(err):
                             open_.pop(where, None)
                         elif err.fatal() or not err.retriable():
                             raise self._unreachable(str(err))

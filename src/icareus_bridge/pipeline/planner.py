@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from icareus_bridge.codec import DecodeError
 from icareus_bridge.config import Settings
@@ -37,16 +37,26 @@ from icareus_bridge.kafka.checkpoint import (
     OutboundRecord,
     TransactionAborted,
     TransactionFatal,
-    is_abandoned,
 )
-from icareus_bridge.kafka.identity import resolve_instance_id
+from icareus_bridge.kafka.consumer import (
+    ClientError,
+    ConsumedRecord,
+    ConsumerFailed,
+    GroupConsumer,
+    Header,
+    Partition,
+)
+from icareus_bridge.kafka.stage import instance_id as stage_instance_id
+from icareus_bridge.kafka.stage import now_ms
+from icareus_bridge.kafka.state import StateTransaction
+from icareus_bridge.kafka.transactions import StageTransactions
 from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.logging import RateLimiter, get_logger
 from icareus_bridge.observability.metrics import Metrics
 from icareus_bridge.pipeline.dead_letter import Origin, dead_letter_headers, replay_count_of
 from icareus_bridge.pipeline.state_store import StateStore
 
-ROLE = "planner"
+ROLE: Final = "planner"
 READINESS_CHECK = "planner"
 
 PlanFn = Callable[[SubscriptionRecord | None, LifecycleEvent, Any], Any]
@@ -65,17 +75,17 @@ class PlannerCodec(Protocol):
     def decode_state(self, data: bytes | None) -> SubscriptionRecord | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class InboundRecord:
-    """One consumed record, detached from the Kafka client."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes | str | None]] | None = None
+def InboundRecord(  # the former record class, kept for its callers
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[Header] = (),
+) -> ConsumedRecord:
+    """A `ConsumedRecord` from the planner's former record fields, in their former order."""
+    return ConsumedRecord(topic, partition, offset, key, value, tuple(headers), timestamp_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +125,7 @@ class PlannerLogic:
         plan: PlanFn,
         fold: FoldFn,
         *,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.settings = settings
         self.topics = settings.topics
@@ -128,7 +138,7 @@ class PlannerLogic:
     # --- dead letters -------------------------------------------------------------------
 
     def dead_letter(
-        self, rec: InboundRecord, stage: str, reason: str, error: BaseException | str
+        self, rec: ConsumedRecord, stage: str, reason: str, error: BaseException | str
     ) -> OutboundRecord:
         headers = dead_letter_headers(
             stage,  # type: ignore[arg-type]  # one of the planner's stages
@@ -143,7 +153,7 @@ class PlannerLogic:
         return OutboundRecord(self.topics.dlq, rec.key, rec.value, headers=headers)
 
     def _dead(
-        self, rec: InboundRecord, stage: str, reason: str, error: BaseException | str, action: str
+        self, rec: ConsumedRecord, stage: str, reason: str, error: BaseException | str, action: str
     ) -> Handled:
         return Handled(
             outcome="dead_lettered",
@@ -154,7 +164,7 @@ class PlannerLogic:
 
     # --- lifecycle events ---------------------------------------------------------------
 
-    def on_event(self, rec: InboundRecord, lookup: Lookup) -> Handled:
+    def on_event(self, rec: ConsumedRecord, lookup: Lookup) -> Handled:
         """decode → validate → state lookup → plan → requests, rejections, new state."""
         if rec.value is None:
             return self._dead(rec, "decode", "NOT_AVRO", "record has no value", "")
@@ -229,7 +239,7 @@ class PlannerLogic:
     # --- feedback -----------------------------------------------------------------------
 
     def on_result(
-        self, rec: InboundRecord, lookup: Lookup, locate: Callable[[bytes], int | None]
+        self, rec: ConsumedRecord, lookup: Lookup, locate: Callable[[bytes], int | None]
     ) -> Handled:
         """A result of the dispatcher (or the planner's own rejection): fold it into the state
         of its subscription, so the next event plans from what Icareus really holds."""
@@ -266,7 +276,8 @@ class PlannerLogic:
 
 
 def default_instance_id(settings: Settings) -> str:
-    return resolve_instance_id(settings.planner.instance_id)
+    """The planner's instance id (kept for callers of this name; see `kafka.stage`)."""
+    return stage_instance_id(settings, ROLE)
 
 
 class Planner:
@@ -304,9 +315,12 @@ class Planner:
         self.log = get_logger("icareus_bridge.planner").bind(instance=self.instance_id)
         self._lag_clock = metrics.lag_clock(settings.planner.group_id, estimates_unread=True)
         self._client_errors = RateLimiter()
-        self._consumer: Any = None
-        self._producer: Any = None
+        self._consumer: GroupConsumer | None = None
+        self._tx: StageTransactions | None = None
         self._checkpoint: Checkpoint | None = None
+        self._state: StateTransaction[SubscriptionRecord] = self.store.transaction(
+            self.topics.state, logic.codec.encode_state
+        )
         self._assigned: set[int] = set()
         self.assignment: dict[str, set[int]] = {}  # topic -> partitions, as last assigned
         self._ready = False
@@ -328,57 +342,56 @@ class Planner:
     def transactional_id(self) -> str:
         return clients.transactional_id(self.settings.kafka, ROLE, self.instance_id)
 
-    def _new_producer(self) -> Any:
-        made: list[Any] = []
-
-        def on_error(err: Any) -> None:
-            # A producer abandoned after a stalled call is fenced by its replacement: not ours.
-            if not (made and is_abandoned(made[0])):
-                self._on_client_error(err)
-
-        made.append(
-            clients.transactional_producer(
-                self.settings.kafka, self.transactional_id, error_cb=on_error
-            )
-        )
-        return made[0]
-
-    def _fatal_error(self, err: Any) -> clients.FatalClientError:
+    def _fatal_error(self, err: ClientError | Exception) -> clients.FatalClientError:
         return clients.FatalClientError(ROLE, self.instance_id, self.transactional_id, err)
 
-    def _new_consumer(self) -> Any:
-        return clients.consumer(
+    def _new_consumer(self) -> GroupConsumer:
+        return GroupConsumer(
             self.settings.kafka,
             self.settings.planner.group_id,
+            [self.topics.input, self.topics.results],
             instance_id=f"{ROLE}-{self.instance_id}",
-            error_cb=self._on_client_error,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+            on_refused=self._refuse_assignment,
+            on_error=self._on_client_error,
+            on_record_error=self._on_record_error,
+            role=ROLE,
+            rejoin_on_poll=False,
         )
 
-    def _on_client_error(self, err: Any) -> None:
-        # A broker outage reports the same error on every reconnect attempt: a few lines, then
-        # one line per interval saying how many were left out.
-        allowed, suppressed = self._client_errors.allow(str(err.code()))
-        if allowed:
-            self.log.warning("kafka client error", error=str(err), suppressed=suppressed)
-        if clients.is_fatal(err) and self._fatal is None:
-            self._fatal = self._fatal_error(err)
-        if clients.is_all_brokers_down(err):
-            self._brokers_down = True
-            self.readiness.set(READINESS_CHECK, False, "no broker reachable")
-
-    def _new_checkpoint(self) -> Checkpoint:
+    def _new_transactions(self) -> StageTransactions:
         p = self.settings.planner
-        return Checkpoint(
-            self._producer,
-            self._consumer,
-            self.topics.state,
-            encode_state=self.logic.codec.encode_state,
+        return StageTransactions(
+            self.settings.kafka,
+            self.transactional_id,
             dead_letters=DeadLetterRoute(self.topics.dlq, "plan", p.group_id),
-            new_producer=self._new_producer,
+            on_error=self._on_client_error,
             on_stall=self._transaction_stalled,
             max_records=p.batch_max_events,
             max_seconds=p.batch_max_ms / 1000.0,
         )
+
+    def _on_client_error(self, err: ClientError) -> None:
+        # A broker outage reports the same error on every reconnect attempt: a few lines, then
+        # one line per interval saying how many were left out.
+        allowed, suppressed = self._client_errors.allow(err.code)
+        if allowed:
+            self.log.warning("kafka client error", error=str(err), suppressed=suppressed)
+        if err.fatal and self._fatal is None:
+            self._fatal = self._fatal_error(err)
+        if err.all_brokers_down:
+            self._brokers_down = True
+            self.readiness.set(READINESS_CHECK, False, "no broker reachable")
+
+    def _on_record_error(self, err: ClientError) -> None:
+        self.log.warning("consumer error", error=str(err))
+
+    def _new_checkpoint(self) -> Checkpoint:
+        assert self._tx is not None and self._consumer is not None
+        self._state = self.store.transaction(self.topics.state, self.logic.codec.encode_state)
+        return self._tx.begin(self._consumer, self._state)
 
     def _transaction_stalled(self, reason: str) -> None:
         """A transactional call outlived its watchdog (the checkpoint replaces the producer):
@@ -389,29 +402,21 @@ class Planner:
 
     # --- rebalance ----------------------------------------------------------------------
 
-    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+    def _on_assign(self, partitions: list[Partition]) -> str | None:
+        """Restore the state of the assigned partitions; a reason when the assignment is
+        refused (the consumer takes none of it and rejoins, see `_refuse_assignment`)."""
         by_topic: dict[str, set[int]] = {}
         for tp in partitions:
             by_topic.setdefault(tp.topic, set()).add(tp.partition)
         events = by_topic.get(self.topics.input, set())
         results = by_topic.get(self.topics.results, set())
-        foreign = clients.foreign_topics((self.topics.input, self.topics.results), partitions)
-        if foreign:
-            self._refuse_assignment(
-                consumer,
-                f"assigned partitions of {', '.join(foreign)}, which this planner does not "
-                "read (kept from before a subscription change); rejoining the group",
-            )
-            return
         if events != results:
             # The range assignor gives a member the same numbers of both topics; anything else
             # was not computed for this subscription, and feedback would miss its state.
-            self._refuse_assignment(
-                consumer,
+            return (
                 f"assigned events partitions {sorted(events)} but results partitions "
-                f"{sorted(results)} (not co-partitioned); rejoining the group",
+                f"{sorted(results)} (not co-partitioned); rejoining the group"
             )
-            return
         self._ownership.reset()
         wanted = events | results
         self.assignment = {t: set(ps) for t, ps in by_topic.items()}
@@ -433,10 +438,11 @@ class Planner:
         )
         self._ready = True
         self.readiness.set(READINESS_CHECK, True, f"{len(wanted)} partitions")
+        return None
 
-    def _refuse_assignment(self, consumer: Any, reason: str) -> None:
-        """Take none of an assignment that does not fit the subscription; the loop rejoins."""
-        consumer.assign([])
+    def _refuse_assignment(self, reason: str) -> None:
+        """The consumer took none of an assignment that does not fit the subscription (topics
+        it does not read, or events and results not co-partitioned); the loop rejoins."""
         self.assignment = {}
         self._ready = False
         self._rejoin_reason = reason
@@ -450,10 +456,9 @@ class Planner:
         assert self._consumer is not None
         self.log.info("rejoining the consumer group", reason=reason)
         self._commit_open(reason="rejoin")
-        self._consumer.unsubscribe()
-        self._subscribe()
+        self._consumer.rejoin()
 
-    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+    def _on_revoke(self, partitions: list[Partition]) -> None:
         self._commit_open(reason="revoke")
         revoked = {tp.partition for tp in partitions}
         for p in revoked:
@@ -465,15 +470,14 @@ class Planner:
         self.readiness.set(READINESS_CHECK, False, "rebalancing")
         self.log.info("partitions revoked, state dropped", partitions=sorted(revoked))
 
-    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+    def _on_lost(self, partitions: list[Partition]) -> None:
         # Lost (not revoked): another member may own them already; nothing may be committed.
         if self._checkpoint is not None and not self._checkpoint.empty:
             try:
                 self._checkpoint.abort()
             except TransactionFatal as exc:
                 self._fatal = self._fatal or self._fatal_error(exc)
-            self._producer = self._checkpoint.producer  # replaced after a stalled abort
-            self._checkpoint = self._new_checkpoint()
+            self._checkpoint = self._new_checkpoint()  # on the producer the abort left
         for tp in partitions:
             self.store.drop(tp.partition)
             self._assigned.discard(tp.partition)
@@ -484,37 +488,22 @@ class Planner:
     # --- state view ---------------------------------------------------------------------
 
     def _lookup(self, partition: int, key: bytes) -> SubscriptionRecord | None:
-        cp = self._checkpoint
-        if cp is not None:
-            pending = cp.pending_state(partition, key)
-            if pending is not None:
-                obj: SubscriptionRecord | None = pending.obj
-                return obj
-        return self.store.get(partition, key)
+        """The open batch's own write of the key, else the store's committed state."""
+        return self._state.get(partition, key)
 
     # --- the loop -----------------------------------------------------------------------
 
     def start(self) -> None:
         """Create the clients (the producer first: `init_transactions` aborts whatever a
         previous incarnation of this instance left open, before the state is restored)."""
-        self._producer = self._new_producer()
+        self._tx = self._new_transactions()
         self._consumer = self._new_consumer()
         self._checkpoint = self._new_checkpoint()
-        self._subscribe()
         self.log.info(
             "planner started",
             input=self.topics.input,
             results=self.topics.results,
             group=self.settings.planner.group_id,
-        )
-
-    def _subscribe(self) -> None:
-        assert self._consumer is not None
-        self._consumer.subscribe(
-            [self.topics.input, self.topics.results],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
         )
 
     def run(self, stop: threading.Event) -> None:
@@ -536,18 +525,13 @@ class Planner:
             reason, self._rejoin_reason = self._rejoin_reason, None
             self._rejoin(reason)
         max_n = self.settings.planner.batch_max_events
-        msgs = self._consumer.consume(num_messages=max_n, timeout=self.poll_timeout)
-        handled = 0
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if clients.is_fatal(err):
-                    raise self._fatal_error(err)
-                if not clients.is_partition_eof(err):
-                    self.log.warning("consumer error", error=str(err))
-                continue
-            self._handle(msg)
-            handled += 1
+        try:
+            msgs = self._consumer.poll(max_n, timeout=self.poll_timeout)
+        except ConsumerFailed as exc:
+            raise self._fatal_error(exc.error or exc) from exc
+        for rec in msgs:
+            self._handle(rec)
+        handled = len(msgs)
         cp = self._checkpoint
         if cp.due() or (not msgs and not cp.empty):
             self._commit_open(reason="batch")
@@ -575,27 +559,16 @@ class Planner:
         if now - self._last_broker_check < 2.0:
             return
         self._last_broker_check = now
-        try:
-            self._consumer.list_topics(self.topics.input, timeout=1.0)
-        except Exception:
+        assert self._consumer is not None
+        if not self._consumer.reachable(timeout=1.0):
             return
         self._brokers_down = False
         if self._ready:
             self.readiness.set(READINESS_CHECK, True, f"{len(self._assigned)} partitions")
         self.log.info("broker reachable again")
 
-    def _handle(self, msg: Any) -> None:
+    def _handle(self, rec: ConsumedRecord) -> None:
         assert self._checkpoint is not None
-        ts_type, ts = msg.timestamp()
-        rec = InboundRecord(
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
-            timestamp_ms=ts if ts_type != 0 else None,
-            key=msg.key(),
-            value=msg.value(),
-            headers=msg.headers(),
-        )
         self._lag_clock.read(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
         if rec.topic == self.topics.results:
             h = self.logic.on_result(rec, self._lookup, self.store.find_partition)
@@ -606,7 +579,7 @@ class Planner:
             cp.produce(out)
         if h.state is not None:
             s = h.state
-            cp.put_state(s.partition, s.key, s.record)
+            self._state.set(s.partition, s.key, s.record)
         cp.mark_processed(rec.topic, rec.partition, rec.offset)
         self._count(rec, h)
 
@@ -619,7 +592,7 @@ class Planner:
             child = self._children[key] = counter.labels(*labels)
         child.inc()
 
-    def _count(self, rec: InboundRecord, h: Handled) -> None:
+    def _count(self, rec: ConsumedRecord, h: Handled) -> None:
         m = self.metrics
         if h.dead_letter is not None:
             stage, reason = h.dead_letter
@@ -655,7 +628,6 @@ class Planner:
         try:
             stats = cp.commit()
         except TransactionAborted as exc:
-            self._producer = cp.producer  # replaced after a refused record
             self.metrics.transactions.labels(ROLE, "aborted").inc()
             self.log.warning("transaction aborted, batch will be read again", error=str(exc))
             self._checkpoint = self._new_checkpoint()
@@ -668,7 +640,6 @@ class Planner:
             self.log.error("transaction failed fatally", error=str(exc))
             self._fatal = self._fatal_error(exc)
             raise self._fatal from exc
-        self._producer = cp.producer  # replaced after a refused record
         for refusal in stats.refused:
             self._inc(self.metrics.dead_letters, "plan", refusal.reason)
             self.log.error(
@@ -679,8 +650,6 @@ class Planner:
                 error=refusal.error,
                 truncated=refusal.truncated,
             )
-        for partition, key, write in cp.state_writes():
-            self.store.put(partition, key, write.value, write.obj)
         self.metrics.transactions.labels(ROLE, "committed").inc()
         self.metrics.transaction_events.labels(ROLE).observe(stats.input_records)
         self.metrics.transaction_seconds.labels(ROLE).observe(stats.seconds)
@@ -696,7 +665,7 @@ class Planner:
         self._last_lag_at = now
         group = self.settings.planner.group_id
         try:
-            for lag in clients.partition_lag(self._consumer, partitions):
+            for lag in self._consumer.partition_lag(partitions):
                 self.metrics.set_consumer_lag(group, lag.topic, lag.partition, lag.lag)
         except Exception as exc:  # metrics must never stop the stage
             self.log.debug("lag not available", error=str(exc))
@@ -711,7 +680,7 @@ class Planner:
                 with contextlib.suppress(Exception):  # a fenced consumer may refuse to leave
                     self._consumer.close()
                 self._consumer = None
-            if self._producer is not None:
-                self._producer.flush(0 if self._fatal is not None else 10)
+            if self._tx is not None:
+                self._tx.close(0 if self._fatal is not None else 10)
             self.readiness.set(READINESS_CHECK, False, "stopped")
             self.log.info("planner stopped")

@@ -1,6 +1,8 @@
 """The planner's local state: what the bridge knows about every subscription of its assigned
 partitions, restored from the compacted changelog topic when partitions are assigned and
-dropped when they are revoked.
+dropped when they are revoked. A batch writes through a `StateTransaction` (`transaction()`,
+kafka/state.py): its reads see its own writes first, and the store takes the writes only once
+the batch's Kafka transaction has committed.
 
 Values are kept as the encoded changelog bytes and decoded on access: a million subscriptions
 fit in well under the memory a million decoded pydantic objects would take. A small bounded
@@ -15,9 +17,11 @@ from dataclasses import dataclass
 from icareus_bridge.config import KafkaSettings
 from icareus_bridge.core.model import SubscriptionRecord
 from icareus_bridge.kafka.changelog import read_to_end
+from icareus_bridge.kafka.state import StateTransaction
 from icareus_bridge.pipeline.parking import is_parked_marker
 
 DecodeState = Callable[[bytes], SubscriptionRecord]
+EncodeState = Callable[[SubscriptionRecord], bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,13 @@ class StateStore:
         ]
 
     # --- values -------------------------------------------------------------------------
+
+    def transaction(
+        self, changelog_topic: str, encode: EncodeState
+    ) -> StateTransaction[SubscriptionRecord]:
+        """A batch's state writes to `changelog_topic`, read through to this store and applied
+        to it after the batch's Kafka commit (see kafka/state.py)."""
+        return StateTransaction(changelog_topic, store=self, encode=encode)
 
     def load(self, partition: int, key: bytes, value: bytes | None) -> None:
         """Apply one changelog record (value None = tombstone: the subscription is forgotten).
