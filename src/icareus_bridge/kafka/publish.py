@@ -10,10 +10,10 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 
 from icareus_bridge.config import KafkaSettings
-from icareus_bridge.kafka.clients import idempotent_producer, transactional_producer
+from icareus_bridge.kafka.clients import idempotent_producer, kafka_error, transactional_producer
 
 
 class BrokerError(Exception):
@@ -22,10 +22,8 @@ class BrokerError(Exception):
 
 def error_text(exc: BaseException) -> str:
     """The client's words for a Kafka exception (the text of its `KafkaError`)."""
-    err = exc.args[0] if exc.args else None
-    if isinstance(err, KafkaError):
-        return str(err.str())
-    return str(exc)
+    err = kafka_error(exc)
+    return str(err.str()) if err is not None else str(exc)
 
 
 def broker_error(exc: KafkaException) -> BrokerError:

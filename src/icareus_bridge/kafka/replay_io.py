@@ -17,7 +17,12 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 
 from icareus_bridge.config import KafkaSettings
 from icareus_bridge.kafka.admin import admin_client, first_contact
-from icareus_bridge.kafka.clients import assign_only_consumer, base_config
+from icareus_bridge.kafka.clients import (
+    assign_only_consumer,
+    base_config,
+    is_partition_eof,
+    kafka_error,
+)
 from icareus_bridge.kafka.publish import BrokerError, broker_error
 
 
@@ -74,8 +79,8 @@ def create_compacted_topic(kafka: KafkaSettings, name: str, *, partitions: int =
         try:
             fut.result(timeout=30)
         except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+            err = kafka_error(exc)
+            if not (err is not None and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
                 raise broker_error(exc) from exc
 
 
@@ -109,7 +114,7 @@ def read_from_start(
             for msg in consumer.consume(num_messages=batch, timeout=0.5):
                 err = msg.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
+                    if is_partition_eof(err):
                         pending.discard(msg.partition() or 0)
                     elif err.fatal() or not err.retriable():
                         raise PartitionFailed(err.str())

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from icareus_bridge.codec import Codec
 from icareus_bridge.config import Settings
@@ -43,7 +43,7 @@ from icareus_bridge.kafka.dispatch import (
     DispatchTransactions,
     RequestsConsumer,
 )
-from icareus_bridge.kafka.identity import resolve_instance_id
+from icareus_bridge.kafka.stage import instance_id, now_ms
 from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.logging import get_logger
 from icareus_bridge.observability.metrics import Metrics
@@ -59,7 +59,7 @@ from icareus_bridge.pipeline.offsets import OffsetTracker, decode_done_offsets
 from icareus_bridge.pipeline.parking import ParkedKeys, is_parked_marker
 from icareus_bridge.pipeline.scheduler import KeyedScheduler
 
-ROLE = "dispatcher"
+ROLE: Final = "dispatcher"
 READINESS_CHECK = "dispatcher"
 POLL_BATCH = 500
 # Idle polls back off from the first to the second (a record resets it).
@@ -77,14 +77,6 @@ class StopSignal(Protocol):
     def is_set(self) -> bool: ...
 
 
-def default_instance_id(settings: Settings) -> str:
-    return resolve_instance_id(settings.dispatcher.instance_id)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class Dispatcher:
     """The dispatcher's loop. `await run(stop)` works until `stop` is set, then drains: no new
     calls, in-flight calls finish within `dispatcher.shutdown_grace_seconds`, last commit."""
@@ -96,7 +88,7 @@ class Dispatcher:
         readiness: Readiness,
         *,
         codec: Codec | None = None,
-        clock_ms: Callable[[], int] = _now_ms,
+        clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -105,7 +97,7 @@ class Dispatcher:
         self.clock_ms = clock_ms
         self.topics = settings.topics
         self.group = settings.dispatcher.group_id
-        self.instance_id = default_instance_id(settings)
+        self.instance_id = instance_id(settings, ROLE)
         self.log = get_logger("icareus_bridge.dispatcher").bind(instance=self.instance_id)
         self.offsets = OffsetTracker()
         self.parked = ParkedKeys()

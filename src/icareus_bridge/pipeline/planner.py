@@ -275,11 +275,6 @@ class PlannerLogic:
         )
 
 
-def default_instance_id(settings: Settings) -> str:
-    """The planner's instance id (kept for callers of this name; see `kafka.stage`)."""
-    return stage_instance_id(settings, ROLE)
-
-
 class Planner:
     """The planner's Kafka loop. `run(stop)` blocks until `stop` is set, then finishes the
     open transaction and leaves. Partitions: events and results of partition N are assigned
@@ -302,7 +297,7 @@ class Planner:
         self.metrics = metrics
         self.readiness = readiness
         self.topics = settings.topics
-        self.instance_id = instance_id or default_instance_id(settings)
+        self.instance_id = instance_id or stage_instance_id(settings, ROLE)
         decode_state = logic.codec.decode_state
 
         def _decode(raw: bytes) -> SubscriptionRecord:
