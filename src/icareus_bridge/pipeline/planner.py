@@ -520,15 +520,14 @@ class Planner:
             reason, self._rejoin_reason = self._rejoin_reason, None
             self._rejoin(reason)
         max_n = self.settings.planner.batch_max_events
-        try:
-            msgs = self._consumer.poll(max_n, timeout=self.poll_timeout)
-        except ConsumerFailed as exc:
-            raise self._fatal_error(exc.error or exc) from exc
+        msgs = self._poll(max_n, wait=self._checkpoint.empty)
         for rec in msgs:
             self._handle(rec)
-        handled = len(msgs)
         cp = self._checkpoint
-        if cp.due() or (not msgs and not cp.empty):
+        # Commit as soon as the consumer has nothing more at hand (the previous commit has
+        # finished: it runs in this thread), or the batch is full or old. Under load the
+        # records that arrive during a commit make the next batch by themselves.
+        if cp.due() or (len(msgs) < max_n and not cp.empty):
             self._commit_open(reason="batch")
         elif not msgs:
             self._lag_clock.caught_up()
@@ -536,7 +535,21 @@ class Planner:
             self._check_brokers()
         elif self._ready and not self.assignment.get(self.topics.input):
             self._check_ownership()
-        return handled
+        return len(msgs)
+
+    def _poll(self, max_n: int, *, wait: bool) -> list[ConsumedRecord]:
+        """Up to `max_n` records at hand. `wait` (no batch open): first wait up to the poll
+        timeout for one record, returning as soon as it comes, then take what else is there."""
+        assert self._consumer is not None
+        try:
+            if not wait:
+                return self._consumer.poll(max_n, timeout=0)
+            first = self._consumer.poll(1, timeout=self.poll_timeout)
+            if not first or max_n == 1:
+                return first
+            return first + self._consumer.poll(max_n - 1, timeout=0)
+        except ConsumerFailed as exc:
+            raise self._fatal_error(exc.error or exc) from exc
 
     def _check_ownership(self) -> None:
         """Owning no input is fine when others own it all; not while partitions go unowned."""
