@@ -12,14 +12,10 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 
 from icareus_bridge.config import KafkaSettings
 from icareus_bridge.kafka.admin import KafkaRefused, admin_client, first_contact
-from icareus_bridge.kafka.clients import assign_only_consumer, is_partition_eof
+from icareus_bridge.kafka.clients import KafkaUnreachable, assign_only_consumer, is_partition_eof
 
 # (partition, offset, Kafka timestamp, value) -> False to stop reading that partition
 OnRecord = Callable[[int, int, int, "bytes | None"], bool]
-
-
-class KafkaUnreachable(Exception):
-    """No broker answered; the message names `kafka.bootstrap_servers`."""
 
 
 class ArchiveKafka:

@@ -172,6 +172,14 @@ def transactional_id(kafka: KafkaSettings, role: str, instance: str) -> str:
     return f"{kafka.transactional_id_prefix}-{role}-{instance}"
 
 
+class KafkaUnreachable(Exception):
+    """No broker answered (in time); the message names the address or the setting to check."""
+
+    @classmethod
+    def at(cls, bootstrap: str, detail: str) -> KafkaUnreachable:
+        return cls(f"Kafka unreachable at {bootstrap}: {detail}")
+
+
 def kafka_error(exc: BaseException) -> KafkaError | None:
     """The `KafkaError` a confluent-kafka exception carries as its first argument, if any."""
     err = exc.args[0] if exc.args else None

@@ -16,7 +16,12 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from icareus_bridge.config import KafkaSettings
-from icareus_bridge.kafka.clients import assign_only_consumer, error_text, is_partition_eof
+from icareus_bridge.kafka.clients import (
+    KafkaUnreachable,
+    assign_only_consumer,
+    error_text,
+    is_partition_eof,
+)
 
 _M = 0x5BD1E995
 _SEED = 0x9747B28C
@@ -57,14 +62,6 @@ def default_partition(key: bytes, partitions: int) -> int:
     """The partition Java's default partitioner (and librdkafka's murmur2) gives a keyed
     record: `toPositive(murmur2(key)) % partitions`."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-class KafkaUnreachable(Exception):
-    """No broker of `bootstrap` answered in time; the message names the address."""
-
-    def __init__(self, bootstrap: str, detail: str) -> None:
-        super().__init__(f"Kafka unreachable at {bootstrap}: {detail}")
-        self.bootstrap = bootstrap
 
 
 # librdkafka's logical offset "the last N records" (RD_KAFKA_OFFSET_TAIL).
@@ -144,7 +141,7 @@ class PartitionReader:
             self._down = str(err.str())
 
     def _unreachable(self, detail: str) -> KafkaUnreachable:
-        return KafkaUnreachable(self.bootstrap, self._down or detail)
+        return KafkaUnreachable.at(self.bootstrap, self._down or detail)
 
     def partitions(self, topic: str) -> int | None:
         """The topic's partition count, None when the topic does not exist. Raises

@@ -32,7 +32,7 @@ from icareus_bridge.config import Settings, load_settings
 from icareus_bridge.core.model import LifecycleEvent
 from icareus_bridge.kafka.admin import KafkaRefused
 from icareus_bridge.kafka.changelog import RestoreError, read_to_end
-from icareus_bridge.kafka.clients import quiet_librdkafka
+from icareus_bridge.kafka.clients import KafkaUnreachable, quiet_librdkafka
 from icareus_bridge.kafka.publish import BrokerError, OutgoingRecord, TransactionalPublisher
 from icareus_bridge.kafka.replay_io import (
     PartitionFailed,
@@ -76,10 +76,6 @@ PROG = "icareus-bridge replay"
 
 class UsageError(Exception):
     """A bad argument or configuration; the message names it (exit 2)."""
-
-
-class KafkaUnreachable(Exception):
-    """The broker did not answer (exit 4); the message names the bootstrap address."""
 
 
 # --- arguments -------------------------------------------------------------------------------

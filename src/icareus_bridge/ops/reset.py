@@ -323,9 +323,9 @@ class ResetPublisher:
     def flush(self, timeout: float = 30.0) -> None:
         left = self.publisher.flush(timeout)
         if left:
-            raise KafkaUnreachable(self.bootstrap, f"{left} reset events not delivered")
+            raise KafkaUnreachable.at(self.bootstrap, f"{left} reset events not delivered")
         if self.failed:
-            raise KafkaUnreachable(self.bootstrap, "; ".join(self.failed[:5]))
+            raise KafkaUnreachable.at(self.bootstrap, "; ".join(self.failed[:5]))
 
 
 # --- the command -----------------------------------------------------------------------------
