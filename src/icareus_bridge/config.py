@@ -30,6 +30,8 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
+from icareus_bridge.core.provider import CrossCheckError, Distributor, ProviderSettings
+
 ENV_PREFIX = "ICAREUS_BRIDGE__"
 
 # The key of the embedded `config/bridge.yaml`: public, so it may only sign calls to a
@@ -39,16 +41,6 @@ DEMO_KEY = "local-simulator-key"
 
 class ConfigError(Exception):
     """A configuration that cannot be used; the message names the offending key."""
-
-
-class CrossCheckError(ValueError):
-    """A value that contradicts another. `keys` are the dotted keys involved, relative to the
-    section that checks them, the one to fix first: the error is reported under it, and each
-    key is traced to the environment variable that set it, if any."""
-
-    def __init__(self, message: str, *keys: str) -> None:
-        super().__init__(message)
-        self.keys = keys
 
 
 class _Section(BaseModel):
@@ -476,37 +468,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class Distributor(_Section):
-    code: str = Field(min_length=1)
-    name: str = ""
-    allowed_products: list[str] = Field(default_factory=list)
-
-
-class ProviderSettings(_Section):
-    effective: bool = True
-    max_viewing_points: int = Field(default=4, ge=1)
-    distributors: list[Distributor] = Field(default_factory=list)
-    service_mapping: dict[str, str] = Field(default_factory=dict)
-    physical_goods_mapping: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _unique_distributors(self) -> ProviderSettings:
-        codes = [d.code for d in self.distributors]
-        dupes = sorted({c for c in codes if codes.count(c) > 1})
-        if dupes:
-            raise ValueError(f"duplicate distributor codes: {', '.join(dupes)}")
-        for i, distributor in enumerate(self.distributors):
-            unmapped = [p for p in distributor.allowed_products if p not in self.service_mapping]
-            if unmapped:
-                raise CrossCheckError(
-                    f"{', '.join(unmapped)} (distributor {distributor.code}) not a product code "
-                    "of provider.service_mapping",
-                    f"distributors.{i}.allowed_products",
-                    "service_mapping",
-                )
-        return self
 
 
 class LimitSettings(_Section):

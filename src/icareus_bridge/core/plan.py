@@ -14,7 +14,6 @@ import uuid
 from dataclasses import dataclass
 from hashlib import sha1
 
-from icareus_bridge.config import ProviderSettings
 from icareus_bridge.core.model import (
     EFFECTIVE_SERVICE_STATES,
     TERMINATED_SUBSCRIPTION_STATES,
@@ -36,6 +35,7 @@ from icareus_bridge.core.model import (
     sorted_products,
     trusted_builder,
 )
+from icareus_bridge.core.provider import ProviderSettings
 
 # Fixed namespace of derived request ids; changing it changes every request id (and so every
 # Idempotency-Key), so it never changes.
