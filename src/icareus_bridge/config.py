@@ -102,6 +102,13 @@ class KafkaSettings(_Section):
 
     @model_validator(mode="after")
     def _usable_security(self) -> KafkaSettings:
+        self._check_sasl()
+        self._check_tls()
+        self._check_extra()
+        return self
+
+    def _check_sasl(self) -> None:
+        """SASL keys only with a SASL protocol, and then all of them (one password source)."""
         # Which source wins (environment over file) is settled before this runs, in
         # `Settings.settings_customise_sources`: both here means both in one source.
         if self.sasl_password is not None and self.sasl_password_file is not None:
@@ -143,6 +150,9 @@ class KafkaSettings(_Section):
                 raise CrossCheckError("is empty", "sasl_password")
             if self.sasl_password_file is not None:
                 self._read_password_file()
+
+    def _check_tls(self) -> None:
+        """TLS keys only with a TLS protocol; a client certificate with its key; files exist."""
         tls_keys = (
             "ssl_ca_location",
             "ssl_certificate_location",
@@ -178,13 +188,15 @@ class KafkaSettings(_Section):
             path: Path | None = getattr(self, key)
             if path is not None and not path.exists():
                 raise CrossCheckError(f"{path} does not exist", key)
+
+    def _check_extra(self) -> None:
+        """`kafka.extra` may not set what has a typed key of its own."""
         for name in self.extra:
             typed = _TYPED_CLIENT_SETTINGS.get(name.strip().lower())
             if typed is not None:
                 raise CrossCheckError(
                     f"{name!r} has a key of its own: set kafka.{typed} instead", "extra", typed
                 )
-        return self
 
     def _read_password_file(self) -> str:
         assert self.sasl_password_file is not None
