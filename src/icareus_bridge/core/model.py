@@ -3,7 +3,7 @@ and the Icareus provisioning requests and CRM rejections that `plan` decides. Pu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
@@ -158,13 +158,14 @@ class LifecycleEvent(_Frozen):
 
 
 def product_order(product_id: str) -> tuple[int, int, str]:
-    """Sort key for Icareus product ids: numeric ids by value, then any others by text."""
+    """Sort key for Icareus product ids: numeric ids by value, then any others by text. The one
+    order of product ids everywhere: plan, state, signing (productIds) and the simulator."""
     if product_id.isdigit():
         return (0, int(product_id), product_id)
     return (1, 0, product_id)
 
 
-def sorted_products(product_ids: frozenset[str] | set[str] | tuple[str, ...]) -> tuple[str, ...]:
+def sorted_products(product_ids: Iterable[str]) -> tuple[str, ...]:
     """Product ids in the ascending order Icareus receives them (comma-separated)."""
     return tuple(sorted(product_ids, key=product_order))
 
