@@ -144,7 +144,7 @@ def observed_state(
     `observed` holds one AccountState per account key that Icareus' getUser found (distributor,
     account key, user id, products, devices; `registered` is forced True). Accounts not found
     are absent, so the plan registers them again if the subscription needs them; a refused
-    registration is forgotten. Viewing-point order, version, last event and parking come from
+    registration is forgotten. Viewing-point order, version and last event come from
     `known`, so the reset event is planned against the same history (see docs/CORE.md).
     """
     found = {a.distributor: a for a in observed}

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 # Every integer of the records is written as an Avro long or int: a value outside int64 cannot
 # be written (or read back as itself), so it is refused wherever a model is validated.
@@ -192,6 +192,11 @@ class AccountState(_Frozen):
         return list(sorted_products(products))
 
 
+# Fields of SubscriptionRecord that earlier versions carried and that are read and dropped:
+# `parked_behind` (schema v1; nothing ever set it, parking lives in the dispatcher's markers).
+RETIRED_STATE_FIELDS = ("parked_behind",)
+
+
 class SubscriptionRecord(_Frozen):
     """The state changelog value for one subscription (key: subscription id)."""
 
@@ -202,7 +207,15 @@ class SubscriptionRecord(_Frozen):
     snapshot: Subscription | None = None
     # distributor code -> account, in order of first appearance (viewing-point order)
     accounts: dict[str, AccountState] = Field(default_factory=dict)
-    parked_behind: str | None = None  # request id that parked the key, if parked
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_retired_fields(cls, data: Any) -> Any:
+        # A state written before a field was retired (an older changelog record, an earlier
+        # `explain` output given to --state) still reads; the retired field is dropped.
+        if isinstance(data, dict) and any(f in data for f in RETIRED_STATE_FIELDS):
+            return {k: v for k, v in data.items() if k not in RETIRED_STATE_FIELDS}
+        return data
 
 
 # --- what plan decides ----------------------------------------------------------------------

@@ -436,7 +436,6 @@ def plan(
             "last_event_id": event.event_id,
             "snapshot": sub,
             "accounts": accounts,
-            "parked_behind": state.parked_behind,
         }
     )
     return _decision(
@@ -455,7 +454,6 @@ def _known_state(state: SubscriptionRecord | None, sub: Subscription) -> Subscri
                 "last_event_id": None,
                 "snapshot": None,
                 "accounts": {},
-                "parked_behind": None,
             }
         )
     if state.subscription_id != sub.id:
