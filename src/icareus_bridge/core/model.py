@@ -361,6 +361,11 @@ def trusted_attributes(cls: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+def _slot_setter(name: str) -> Callable[[BaseModel, Any], None]:
+    setter: Callable[[BaseModel, Any], None] = BaseModel.__dict__[name].__set__
+    return setter
+
+
 def trusted_builder(cls: type[_M]) -> Callable[[dict[str, Any]], _M]:
     """A constructor of `cls` from a dict holding *every* field, already of the right type.
 
@@ -370,13 +375,18 @@ def trusted_builder(cls: type[_M]) -> Callable[[dict[str, Any]], _M]:
     attributes = trusted_attributes(cls)
     fields_set = attributes["__pydantic_fields_set__"]
     new = object.__new__
+    # BaseModel's own slots, set through their descriptors (what object.__setattr__ ends in,
+    # without looking the name up each time).
+    set_fields_set = _slot_setter("__pydantic_fields_set__")
+    set_extra = _slot_setter("__pydantic_extra__")
+    set_private = _slot_setter("__pydantic_private__")
 
     def build(values: dict[str, Any]) -> _M:
         m = new(cls)
         _set(m, "__dict__", values)
-        _set(m, "__pydantic_fields_set__", fields_set)
-        _set(m, "__pydantic_extra__", None)
-        _set(m, "__pydantic_private__", None)
+        set_fields_set(m, fields_set)
+        set_extra(m, None)
+        set_private(m, None)
         return m
 
     return build

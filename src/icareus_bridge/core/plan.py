@@ -191,7 +191,9 @@ class _Wants:
         self._before_i: set[tuple[str, str | None, str, str]] | None = None
         self._before: _Wants | None = None
         if sub.state not in TERMINATED_SUBSCRIPTION_STATES:
-            self._collect(view)
+            if sub.state in EFFECTIVE_SUBSCRIPTION_STATES:
+                self._collect_services(view)
+            self._collect_items(view)
 
     def service_touched(self, s: Service) -> bool:
         if self.previous is None:
@@ -236,17 +238,13 @@ class _Wants:
             if i.distributor == d and i.serial_number in self.devices[d] and self.item_touched(i)
         }
 
-    def _collect(self, view: _ProviderView) -> None:
-        if self.sub.state in EFFECTIVE_SUBSCRIPTION_STATES:
-            self._collect_services(view)
-        self._collect_items(view)
-
     def _collect_services(self, view: _ProviderView) -> None:
         """The mapped, allowed products of the effective services, per Icareus distributor;
         a touched service that is not allowed or not mapped is a problem."""
         allowed_by = view.allowed
         services = view.services
         products = self.products
+        order = self.order
         effective = EFFECTIVE_SERVICE_STATES
         for s in self.sub.services:
             d = s.distributor
@@ -275,7 +273,7 @@ class _Wants:
                         f"service {s.id}: product {code} has no Icareus product id",
                     )
                 continue
-            self.order[d] = None
+            order[d] = None
             held = products.get(d)
             if held is None:
                 products[d] = {pid}
@@ -288,6 +286,7 @@ class _Wants:
         allowed_by = view.allowed
         goods = view.goods
         devices = self.devices
+        order = self.order
         for i in self.sub.installed_items:
             d = i.distributor
             if d not in allowed_by:
@@ -303,7 +302,7 @@ class _Wants:
                         f"{i.physical_good_code} has no Icareus device type",
                     )
                 continue
-            self.order[d] = None
+            order[d] = None
             held = devices.get(d)
             if held is None:
                 devices[d] = {i.serial_number: dtype}
@@ -536,8 +535,12 @@ def _plan_account(
             out.accounts[d] = acc
         _not_registered(d, key, wants.before(view), view, out)
         return
-    same_devices = _device_requests(d, key, acc, target_devices, out)
-    same_products = _product_requests(d, key, acc, target_products, view, out)
+    same_devices = acc.devices == target_devices
+    if not same_devices:
+        _device_requests(d, key, acc, target_devices, out)
+    same_products = acc.products == target_products
+    if not same_products:
+        _product_requests(d, key, acc, target_products, view, out)
     if terminated:
         # Termination removes the user, after its products and devices (phase order).
         out.remove_users.append(_Draft(_REMOVE_USER, d, key, acc.user_id))
@@ -590,12 +593,10 @@ def _not_registered(
 
 def _device_requests(
     d: str, key: str, acc: AccountState, target: dict[str, str], out: _Drafts
-) -> bool:
+) -> None:
     """REMOVE_DEVICE / ADD_DEVICE for the difference, by serial number (a device whose type
-    changed is removed and added again); True when the account already holds `target`."""
+    changed is removed and added again)."""
     have = acc.devices
-    if have == target:
-        return True
     uid = acc.user_id
     for serial in sorted(have):
         if target.get(serial) != have[serial]:
@@ -603,7 +604,6 @@ def _device_requests(
     for serial in sorted(target):
         if have.get(serial) != target[serial]:
             out.add_devices.append(_Draft(_ADD_DEVICE, d, key, uid, (), serial, target[serial]))
-    return False
 
 
 def _product_requests(
@@ -613,12 +613,9 @@ def _product_requests(
     target: set[str] | frozenset[str],
     view: _ProviderView,
     out: _Drafts,
-) -> bool:
-    """One CANCEL_PRODUCTS and one ACTIVATE_PRODUCTS for the difference, ids in product order;
-    True when the account already holds `target`."""
+) -> None:
+    """One CANCEL_PRODUCTS and one ACTIVATE_PRODUCTS for the difference, ids in product order."""
     have = acc.products
-    if have == target:
-        return True
     cancel = have - target
     if cancel:
         out.cancels.append(_Draft(_CANCEL_PRODUCTS, d, key, acc.user_id, _ordered(cancel, view)))
@@ -627,36 +624,9 @@ def _product_requests(
         out.activates.append(
             _Draft(_ACTIVATE_PRODUCTS, d, key, acc.user_id, _ordered(activate, view))
         )
-    return False
 
 
 # --- places in the plan: sequence, id and number -----------------------------------------------
-
-
-@dataclass(slots=True)
-class _Places:
-    """The identity of each place of one event's plan (see docs/CORE.md, "Request identity")."""
-
-    subscription_id: str
-    subscription_number: str
-    version: int
-    event_id: str
-    is_reset: bool
-
-    def request_id(self, sequence: int, draft: _Draft) -> str:
-        if not self.is_reset:
-            return request_id(self.subscription_id, self.version, sequence)
-        # A reset may be planned again at the same version (and even for the same event) from
-        # a different observed state; its ids also carry the event and the request's content so
-        # that an Idempotency-Key never stands for two different calls.
-        return _uuid5(
-            f"{self.subscription_id}:{self.version}:{self.event_id}:{sequence}:{draft.type}:"
-            f"{draft.distributor}:{','.join(draft.product_ids)}:{draft.device_id}:"
-            f"{draft.device_type}"
-        )
-
-    def number(self, sequence: int) -> str:
-        return request_number(self.subscription_number, self.version, sequence)
 
 
 def _place(
@@ -665,17 +635,77 @@ def _place(
     """Give requests, then rejections, their sequence (1-based), id and number."""
     if not drafts and not rejected:
         return (), ()
+    ids, numbers = _identities(drafts + [r.draft for r in rejected], event, is_reset)
     sub = event.subscription
-    places = _Places(sub.id, sub.number, sub.version, event.event_id, is_reset)
-    profile = _profile_of(sub.subscriber) if drafts and drafts[0].type is _ADD_USER else None
-    requests = tuple(
-        _placed_request(seq, d, places, event, profile if d.type is _ADD_USER else None)
+    profile = None
+    if drafts and drafts[0].type is _ADD_USER:  # ADD_USERs come first, all with one profile
+        profile = _profile_of(sub.subscriber)
+    requests = [
+        _request(
+            {
+                "request_id": ids[seq - 1],
+                "number": numbers[seq - 1],
+                "type": d.type,
+                "subscription_id": sub.id,
+                "subscription_number": sub.number,
+                "distributor": d.distributor,
+                "account_key": d.account_key,
+                "event_id": event.event_id,
+                "action_code": event.action.code,
+                "sequence": seq,
+                "created_at": event.occurred_at,
+                "user_id": d.user_id,
+                "product_ids": d.product_ids,
+                "device_id": d.device_id,
+                "device_type": d.device_type,
+                "profile": profile if d.type is _ADD_USER else None,
+            }
+        )
         for seq, d in enumerate(drafts, 1)
-    )
-    rejections = tuple(
-        _placed_rejection(seq, r, places) for seq, r in enumerate(rejected, len(drafts) + 1)
-    )
-    return requests, rejections
+    ]
+    rejections = [
+        _rejection(
+            {
+                "request_id": ids[seq - 1],
+                "number": numbers[seq - 1],
+                "type": r.draft.type,
+                "code": r.code,
+                "distributor": r.draft.distributor,
+                "account_key": r.draft.account_key,
+                "detail": r.detail,
+                "sequence": seq,
+                "user_id": r.draft.user_id,
+                "product_ids": r.draft.product_ids,
+                "device_id": r.draft.device_id,
+                "device_type": r.draft.device_type,
+            }
+        )
+        for seq, r in enumerate(rejected, len(drafts) + 1)
+    ]
+    return tuple(requests), tuple(rejections)
+
+
+def _identities(
+    drafts: list[_Draft], event: LifecycleEvent, is_reset: bool
+) -> tuple[list[str], list[str]]:
+    """The request ids and numbers of the places 1, 2, ... (docs/CORE.md, "Request
+    identity")."""
+    sub = event.subscription
+    sid, version, number = sub.id, sub.version, sub.number
+    numbers = [request_number(number, version, seq) for seq in range(1, len(drafts) + 1)]
+    if not is_reset:
+        return [request_id(sid, version, seq) for seq in range(1, len(drafts) + 1)], numbers
+    # A reset may be planned again at the same version (and even for the same event) from a
+    # different observed state; its ids also carry the event and the request's content so that
+    # an Idempotency-Key never stands for two different calls.
+    ids = [
+        _uuid5(
+            f"{sid}:{version}:{event.event_id}:{seq}:{d.type}:{d.distributor}:"
+            f"{','.join(d.product_ids)}:{d.device_id}:{d.device_type}"
+        )
+        for seq, d in enumerate(drafts, 1)
+    ]
+    return ids, numbers
 
 
 def _profile_of(s: Subscriber) -> SubscriberProfile:
@@ -689,55 +719,6 @@ def _profile_of(s: Subscriber) -> SubscriberProfile:
             "country_code": s.country_code,
             "postal_code": s.postal_code,
             "city": s.city,
-        }
-    )
-
-
-def _placed_request(
-    seq: int,
-    d: _Draft,
-    places: _Places,
-    event: LifecycleEvent,
-    profile: SubscriberProfile | None,
-) -> ProvisioningRequest:
-    return _request(
-        {
-            "request_id": places.request_id(seq, d),
-            "number": places.number(seq),
-            "type": d.type,
-            "subscription_id": places.subscription_id,
-            "subscription_number": places.subscription_number,
-            "distributor": d.distributor,
-            "account_key": d.account_key,
-            "event_id": places.event_id,
-            "action_code": event.action.code,
-            "sequence": seq,
-            "created_at": event.occurred_at,
-            "user_id": d.user_id,
-            "product_ids": d.product_ids,
-            "device_id": d.device_id,
-            "device_type": d.device_type,
-            "profile": profile,
-        }
-    )
-
-
-def _placed_rejection(seq: int, r: _Rejected, places: _Places) -> Rejection:
-    d = r.draft
-    return _rejection(
-        {
-            "request_id": places.request_id(seq, d),
-            "number": places.number(seq),
-            "type": d.type,
-            "code": r.code,
-            "distributor": d.distributor,
-            "account_key": d.account_key,
-            "detail": r.detail,
-            "sequence": seq,
-            "user_id": d.user_id,
-            "product_ids": d.product_ids,
-            "device_id": d.device_id,
-            "device_type": d.device_type,
         }
     )
 
