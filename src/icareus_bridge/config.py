@@ -31,6 +31,7 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 from icareus_bridge.codec.errors import dotted, field_problems
+from icareus_bridge.core.provider import CrossCheckError, Distributor, ProviderSettings
 
 ENV_PREFIX = "ICAREUS_BRIDGE__"
 
@@ -41,16 +42,6 @@ DEMO_KEY = "local-simulator-key"
 
 class ConfigError(Exception):
     """A configuration that cannot be used; the message names the offending key."""
-
-
-class CrossCheckError(ValueError):
-    """A value that contradicts another. `keys` are the dotted keys involved, relative to the
-    section that checks them, the one to fix first: the error is reported under it, and each
-    key is traced to the environment variable that set it, if any."""
-
-    def __init__(self, message: str, *keys: str) -> None:
-        super().__init__(message)
-        self.keys = keys
 
 
 class _Section(BaseModel):
@@ -112,6 +103,13 @@ class KafkaSettings(_Section):
 
     @model_validator(mode="after")
     def _usable_security(self) -> KafkaSettings:
+        self._check_sasl()
+        self._check_tls()
+        self._check_extra()
+        return self
+
+    def _check_sasl(self) -> None:
+        """SASL keys only with a SASL protocol, and then all of them (one password source)."""
         # Which source wins (environment over file) is settled before this runs, in
         # `Settings.settings_customise_sources`: both here means both in one source.
         if self.sasl_password is not None and self.sasl_password_file is not None:
@@ -153,6 +151,9 @@ class KafkaSettings(_Section):
                 raise CrossCheckError("is empty", "sasl_password")
             if self.sasl_password_file is not None:
                 self._read_password_file()
+
+    def _check_tls(self) -> None:
+        """TLS keys only with a TLS protocol; a client certificate with its key; files exist."""
         tls_keys = (
             "ssl_ca_location",
             "ssl_certificate_location",
@@ -188,13 +189,15 @@ class KafkaSettings(_Section):
             path: Path | None = getattr(self, key)
             if path is not None and not path.exists():
                 raise CrossCheckError(f"{path} does not exist", key)
+
+    def _check_extra(self) -> None:
+        """`kafka.extra` may not set what has a typed key of its own."""
         for name in self.extra:
             typed = _TYPED_CLIENT_SETTINGS.get(name.strip().lower())
             if typed is not None:
                 raise CrossCheckError(
                     f"{name!r} has a key of its own: set kafka.{typed} instead", "extra", typed
                 )
-        return self
 
     def _read_password_file(self) -> str:
         assert self.sasl_password_file is not None
@@ -478,37 +481,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class Distributor(_Section):
-    code: str = Field(min_length=1)
-    name: str = ""
-    allowed_products: list[str] = Field(default_factory=list)
-
-
-class ProviderSettings(_Section):
-    effective: bool = True
-    max_viewing_points: int = Field(default=4, ge=1)
-    distributors: list[Distributor] = Field(default_factory=list)
-    service_mapping: dict[str, str] = Field(default_factory=dict)
-    physical_goods_mapping: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _unique_distributors(self) -> ProviderSettings:
-        codes = [d.code for d in self.distributors]
-        dupes = sorted({c for c in codes if codes.count(c) > 1})
-        if dupes:
-            raise ValueError(f"duplicate distributor codes: {', '.join(dupes)}")
-        for i, distributor in enumerate(self.distributors):
-            unmapped = [p for p in distributor.allowed_products if p not in self.service_mapping]
-            if unmapped:
-                raise CrossCheckError(
-                    f"{', '.join(unmapped)} (distributor {distributor.code}) not a product code "
-                    "of provider.service_mapping",
-                    f"distributors.{i}.allowed_products",
-                    "service_mapping",
-                )
-        return self
 
 
 class LimitSettings(_Section):

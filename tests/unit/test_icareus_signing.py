@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from icareus_bridge.core.model import AccountState, sorted_products
 from icareus_bridge.icareus.signing import (
     product_ids_param,
     redact_token,
@@ -14,6 +15,7 @@ from icareus_bridge.icareus.signing import (
     token_time,
     verify,
 )
+from icareus_bridge.icareus.simulator import SimUser
 
 EXAMPLE_TIME = 0x6745E2A0
 
@@ -58,6 +60,17 @@ def test_malformed_tokens_are_refused(token: str) -> None:
 def test_product_ids_are_unique_ascending_and_comma_separated() -> None:
     assert product_ids_param(["1003", "10", "1001", "1003"]) == "10,1001,1003"
     assert product_ids_param(["B", "2", "A"]) == "2,A,B"
+
+
+def test_signing_the_state_and_the_simulator_share_one_product_order() -> None:
+    ids = ["10", "B", "2", "1001", "02", "A", "x5", "9"]
+    expected = ("02", "2", "9", "10", "1001", "A", "B", "x5")
+    assert sorted_products(ids) == expected
+    assert product_ids_param(ids) == ",".join(expected)
+    held = AccountState(distributor="VP1", account_key="N-VP1", products=frozenset(ids))
+    assert held.model_dump()["products"] == list(expected)
+    user = SimUser(user_id="7", external_id="N-VP1", products=set(ids))
+    assert user.view()["products"] == list(expected)
 
 
 def test_a_shown_token_keeps_version_and_time_only() -> None:

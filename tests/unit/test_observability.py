@@ -35,9 +35,9 @@ def test_personal_data_and_secrets_are_redacted_wherever_they_are() -> None:
     ) == {
         "subscription_id": "s1",
         "account_key": "N1-VP1",
-        "profile": "[redacted]",
-        "params": {"emailAddress": "[redacted]", "token": "[redacted]", "user_id": "7"},
-        "items": [{"phone": "[redacted]"}],
+        "profile": "<redacted>",
+        "params": {"emailAddress": "<redacted>", "token": "<redacted>", "user_id": "7"},
+        "items": [{"phone": "<redacted>"}],
     }
 
 
@@ -79,7 +79,7 @@ def test_a_log_line_is_json_with_the_ids_and_without_the_secrets() -> None:
         root.setLevel(saved[1])
     line = json.loads(out.getvalue().splitlines()[-1])
     assert line["request_id"] == "r1" and line["subscription_id"] == "s1"
-    assert line["last_name"] == "[redacted]" and line["sasl_password"] == "[redacted]"
+    assert line["last_name"] == "<redacted>" and line["sasl_password"] == "<redacted>"
     assert line["level"] == "info" and line["event"] == "request sent"
 
 

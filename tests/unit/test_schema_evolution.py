@@ -13,6 +13,7 @@ import fastavro
 import pytest
 
 from icareus_bridge.codec import SCHEMA_FILES, SINGLE_OBJECT_MAGIC, SchemaSet, default_codec
+from icareus_bridge.core.model import SubscriptionRecord
 
 SCHEMAS = SchemaSet()
 VERSIONS = [(name, v) for name, versions in SCHEMAS.history.items() for v in versions]
@@ -184,3 +185,69 @@ def test_the_state_record_embeds_the_same_subscription_as_the_event() -> None:
     sub_in_event = next(f for f in event["fields"] if f["name"] == "subscription")["type"]
     snapshot = next(f for f in state["fields"] if f["name"] == "snapshot")["type"][1]
     assert snapshot == sub_in_event
+
+
+def _v1_state(parked_behind: str | None) -> dict[str, Any]:
+    return {
+        "subscription_id": "sub-1",
+        "subscription_number": "N1",
+        "last_version": 4,
+        "last_event_id": "ev-4",
+        "snapshot": None,
+        "accounts": [
+            {
+                "distributor": "VP1",
+                "account_key": "N1-VP1",
+                "registered": True,
+                "registration_rejected": False,
+                "user_id": "77",
+                "products": ["2", "10"],
+                "devices": [{"device_id": "SN1", "device_type": "SET_TOP_BOX"}],
+            }
+        ],
+        "parked_behind": parked_behind,
+    }
+
+
+@pytest.mark.parametrize("parked_behind", [None, "req-1"])
+def test_a_state_written_with_v1_and_its_parked_behind_is_read_without_it(
+    parked_behind: str | None,
+) -> None:
+    v1 = SCHEMAS.history["SubscriptionRecord"][0]
+    assert v1.version == 1
+    body = io.BytesIO()
+    raw = _v1_state(parked_behind)
+    fastavro.schemaless_writer(body, fastavro.parse_schema(json.loads(v1.source)), raw)
+    state = default_codec().decode_state(SINGLE_OBJECT_MAGIC + v1.fingerprint + body.getvalue())
+    assert state is not None
+    assert "parked_behind" not in state.model_dump()
+    assert (state.subscription_id, state.last_version, state.last_event_id) == ("sub-1", 4, "ev-4")
+    acc = state.accounts["VP1"]
+    assert (acc.user_id, acc.products, acc.devices) == (
+        "77",
+        frozenset({"2", "10"}),
+        {"SN1": "SET_TOP_BOX"},
+    )
+
+
+def test_a_new_state_is_written_with_the_current_version_and_without_parked_behind() -> None:
+    current = SCHEMAS.history["SubscriptionRecord"][-1]
+    assert current.version >= 2
+    assert "parked_behind" not in [f["name"] for f in json.loads(current.source)["fields"]]
+    state = SubscriptionRecord(subscription_id="sub-1", subscription_number="N1")
+    data = default_codec().encode_state(state)
+    assert data is not None and data[:2] == SINGLE_OBJECT_MAGIC
+    assert data[2:10] == current.fingerprint
+    written = fastavro.schemaless_reader(
+        io.BytesIO(data[10:]), fastavro.parse_schema(json.loads(current.source)), None
+    )
+    assert "parked_behind" not in written
+    assert default_codec().decode_state(data) == state
+
+
+def test_a_state_given_as_json_with_parked_behind_still_validates() -> None:
+    # An `explain` output printed before the field was retired, passed back with --state.
+    old = {**_v1_state("req-1"), "accounts": {}}
+    state = SubscriptionRecord.model_validate(old)
+    assert state == SubscriptionRecord.model_validate({**old, "parked_behind": None})
+    assert "parked_behind" not in state.model_dump()

@@ -607,7 +607,6 @@ def state_to_avro(record: SubscriptionRecord) -> dict[str, Any]:
             }
             for a in record.accounts.values()
         ],
-        "parked_behind": record.parked_behind,
     }
 
 
@@ -633,7 +632,6 @@ def state_from_avro(obj: Mapping[str, Any]) -> SubscriptionRecord:
                 "last_event_id": obj["last_event_id"],
                 "snapshot": obj["snapshot"],
                 "accounts": accounts,
-                "parked_behind": obj["parked_behind"],
             }
         )
     except ValidationError as exc:

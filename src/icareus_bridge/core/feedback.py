@@ -31,24 +31,43 @@ def apply_result(state: SubscriptionRecord, result: ProvisioningResult) -> Subsc
     Safe to apply twice, in any interleaving with later plans, and for rejections the planner
     made itself (attempts 0): those change nothing, since the plan did not apply them.
     """
-    d = result.distributor
-    acc = state.accounts.get(d)
-    t = result.type
     if result.life_cycle_state is LifeCycleState.COMPLETED:
-        if (
-            t is RequestType.ADD_USER
-            and acc is not None
-            and acc.registered
-            and result.reference_number
-            and acc.user_id != result.reference_number
-        ):
-            return _with(state, acc.model_copy(update={"user_id": result.reference_number}))
-        return state
+        return _completed(state, result)
     if result.life_cycle_state is not LifeCycleState.REJECTED:
         return state
+    if result.type in _ADDITIONS:
+        return _addition_refused(state, result)
+    return _removal_refused(state, result)
 
-    if t is RequestType.ADD_USER:
-        if acc is None or acc.user_id is not None or not acc.registered:
+
+# Requests that add something to Icareus; the others (CANCEL_PRODUCTS, REMOVE_DEVICE,
+# REMOVE_USER) take something away.
+_ADDITIONS = frozenset(
+    {RequestType.ADD_USER, RequestType.ACTIVATE_PRODUCTS, RequestType.ADD_DEVICE}
+)
+
+
+def _completed(state: SubscriptionRecord, result: ProvisioningResult) -> SubscriptionRecord:
+    """A COMPLETED ADD_USER records the account's user id; anything else was assumed."""
+    acc = state.accounts.get(result.distributor)
+    if (
+        result.type is RequestType.ADD_USER
+        and acc is not None
+        and acc.registered
+        and result.reference_number
+        and acc.user_id != result.reference_number
+    ):
+        return _with(state, acc.model_copy(update={"user_id": result.reference_number}))
+    return state
+
+
+def _addition_refused(state: SubscriptionRecord, result: ProvisioningResult) -> SubscriptionRecord:
+    """A REJECTED ADD_USER, ACTIVATE_PRODUCTS or ADD_DEVICE: what it added is not held."""
+    acc = state.accounts.get(result.distributor)
+    if acc is None:
+        return state
+    if result.type is RequestType.ADD_USER:
+        if acc.user_id is not None or not acc.registered:
             return state  # not ours to undo: never applied, or registered by a later reset
         return _with(
             state,
@@ -61,22 +80,29 @@ def apply_result(state: SubscriptionRecord, result: ProvisioningResult) -> Subsc
                 }
             ),
         )
-    if t is RequestType.ACTIVATE_PRODUCTS:
-        if acc is None or not acc.products & set(result.product_ids):
+    if result.type is RequestType.ACTIVATE_PRODUCTS:
+        if not acc.products & set(result.product_ids):
             return state
         return _with(
             state, acc.model_copy(update={"products": acc.products - set(result.product_ids)})
         )
-    if t is RequestType.ADD_DEVICE:
-        if acc is None or result.device_id is None or result.device_id not in acc.devices:
-            return state
-        if result.device_type is not None and acc.devices[result.device_id] != result.device_type:
-            return state  # a later plan replaced it with another type of device
-        devices = dict(acc.devices)
-        del devices[result.device_id]
-        return _with(state, acc.model_copy(update={"devices": devices}))
+    # ADD_DEVICE
+    if result.device_id is None or result.device_id not in acc.devices:
+        return state
+    if result.device_type is not None and acc.devices[result.device_id] != result.device_type:
+        return state  # a later plan replaced it with another type of device
+    devices = dict(acc.devices)
+    del devices[result.device_id]
+    return _with(state, acc.model_copy(update={"devices": devices}))
 
-    # Removals that did not happen: the thing is still in Icareus.
+
+def _removal_refused(state: SubscriptionRecord, result: ProvisioningResult) -> SubscriptionRecord:
+    """A REJECTED CANCEL_PRODUCTS, REMOVE_DEVICE or REMOVE_USER: the thing is still in Icareus
+    (the account is brought back, registered with the result's user id, if the plan had
+    dropped it)."""
+    d = result.distributor
+    known = d in state.accounts
+    acc = state.accounts.get(d)
     if acc is None:
         acc = AccountState(
             distributor=d,
@@ -84,23 +110,21 @@ def apply_result(state: SubscriptionRecord, result: ProvisioningResult) -> Subsc
             registered=True,
             user_id=result.user_id,
         )
-    if t is RequestType.CANCEL_PRODUCTS:
-        if set(result.product_ids) <= acc.products and d in state.accounts:
+    if result.type is RequestType.CANCEL_PRODUCTS:
+        if set(result.product_ids) <= acc.products and known:
             return state
         return _with(
             state, acc.model_copy(update={"products": acc.products | set(result.product_ids)})
         )
-    if t is RequestType.REMOVE_DEVICE:
+    if result.type is RequestType.REMOVE_DEVICE:
         if result.device_id is None:
-            return _with(state, acc) if d not in state.accounts else state
-        if result.device_id in acc.devices and d in state.accounts:
+            return state if known else _with(state, acc)
+        if result.device_id in acc.devices and known:
             return state
         devices = {**acc.devices, result.device_id: result.device_type or ""}
         return _with(state, acc.model_copy(update={"devices": devices}))
     # REMOVE_USER
-    if d in state.accounts:
-        return state
-    return _with(state, acc)
+    return state if known else _with(state, acc)
 
 
 def _with(state: SubscriptionRecord, account: AccountState) -> SubscriptionRecord:
@@ -120,7 +144,7 @@ def observed_state(
     `observed` holds one AccountState per account key that Icareus' getUser found (distributor,
     account key, user id, products, devices; `registered` is forced True). Accounts not found
     are absent, so the plan registers them again if the subscription needs them; a refused
-    registration is forgotten. Viewing-point order, version, last event and parking come from
+    registration is forgotten. Viewing-point order, version and last event come from
     `known`, so the reset event is planned against the same history (see docs/CORE.md).
     """
     found = {a.distributor: a for a in observed}

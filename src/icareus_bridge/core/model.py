@@ -3,11 +3,11 @@ and the Icareus provisioning requests and CRM rejections that `plan` decides. Pu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 # Every integer of the records is written as an Avro long or int: a value outside int64 cannot
 # be written (or read back as itself), so it is refused wherever a model is validated.
@@ -158,13 +158,14 @@ class LifecycleEvent(_Frozen):
 
 
 def product_order(product_id: str) -> tuple[int, int, str]:
-    """Sort key for Icareus product ids: numeric ids by value, then any others by text."""
+    """Sort key for Icareus product ids: numeric ids by value, then any others by text. The one
+    order of product ids everywhere: plan, state, signing (productIds) and the simulator."""
     if product_id.isdigit():
         return (0, int(product_id), product_id)
     return (1, 0, product_id)
 
 
-def sorted_products(product_ids: frozenset[str] | set[str] | tuple[str, ...]) -> tuple[str, ...]:
+def sorted_products(product_ids: Iterable[str]) -> tuple[str, ...]:
     """Product ids in the ascending order Icareus receives them (comma-separated)."""
     return tuple(sorted(product_ids, key=product_order))
 
@@ -191,6 +192,11 @@ class AccountState(_Frozen):
         return list(sorted_products(products))
 
 
+# Fields of SubscriptionRecord that earlier versions carried and that are read and dropped:
+# `parked_behind` (schema v1; nothing ever set it, parking lives in the dispatcher's markers).
+RETIRED_STATE_FIELDS = ("parked_behind",)
+
+
 class SubscriptionRecord(_Frozen):
     """The state changelog value for one subscription (key: subscription id)."""
 
@@ -201,7 +207,15 @@ class SubscriptionRecord(_Frozen):
     snapshot: Subscription | None = None
     # distributor code -> account, in order of first appearance (viewing-point order)
     accounts: dict[str, AccountState] = Field(default_factory=dict)
-    parked_behind: str | None = None  # request id that parked the key, if parked
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_retired_fields(cls, data: Any) -> Any:
+        # A state written before a field was retired (an older changelog record, an earlier
+        # `explain` output given to --state) still reads; the retired field is dropped.
+        if isinstance(data, dict) and any(f in data for f in RETIRED_STATE_FIELDS):
+            return {k: v for k, v in data.items() if k not in RETIRED_STATE_FIELDS}
+        return data
 
 
 # --- what plan decides ----------------------------------------------------------------------
@@ -347,6 +361,11 @@ def trusted_attributes(cls: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+def _slot_setter(name: str) -> Callable[[BaseModel, Any], None]:
+    setter: Callable[[BaseModel, Any], None] = BaseModel.__dict__[name].__set__
+    return setter
+
+
 def trusted_builder(cls: type[_M]) -> Callable[[dict[str, Any]], _M]:
     """A constructor of `cls` from a dict holding *every* field, already of the right type.
 
@@ -356,13 +375,18 @@ def trusted_builder(cls: type[_M]) -> Callable[[dict[str, Any]], _M]:
     attributes = trusted_attributes(cls)
     fields_set = attributes["__pydantic_fields_set__"]
     new = object.__new__
+    # BaseModel's own slots, set through their descriptors (what object.__setattr__ ends in,
+    # without looking the name up each time).
+    set_fields_set = _slot_setter("__pydantic_fields_set__")
+    set_extra = _slot_setter("__pydantic_extra__")
+    set_private = _slot_setter("__pydantic_private__")
 
     def build(values: dict[str, Any]) -> _M:
         m = new(cls)
         _set(m, "__dict__", values)
-        _set(m, "__pydantic_fields_set__", fields_set)
-        _set(m, "__pydantic_extra__", None)
-        _set(m, "__pydantic_private__", None)
+        set_fields_set(m, fields_set)
+        set_extra(m, None)
+        set_private(m, None)
         return m
 
     return build

@@ -13,8 +13,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from hashlib import sha1
+from typing import NamedTuple
 
-from icareus_bridge.config import ProviderSettings
 from icareus_bridge.core.model import (
     EFFECTIVE_SERVICE_STATES,
     TERMINATED_SUBSCRIPTION_STATES,
@@ -29,6 +29,7 @@ from icareus_bridge.core.model import (
     RequestType,
     Service,
     SkipReason,
+    Subscriber,
     SubscriberProfile,
     Subscription,
     SubscriptionRecord,
@@ -36,6 +37,7 @@ from icareus_bridge.core.model import (
     sorted_products,
     trusted_builder,
 )
+from icareus_bridge.core.provider import ProviderSettings
 
 # Fixed namespace of derived request ids; changing it changes every request id (and so every
 # Idempotency-Key), so it never changes.
@@ -184,13 +186,14 @@ class _Wants:
         self.products: dict[str, set[str]] = {}
         self.devices: dict[str, dict[str, str]] = {}
         self.order: dict[str, None] = {}  # distributors wanting something, first appearance
-        # (code, request type, distributor, detail)
-        self.problems: list[tuple[RejectionCode, RequestType, str, str]] = []
+        self.problems: list[_Problem] = []
         self._before_s: set[tuple[str, str | None, str]] | None = None
         self._before_i: set[tuple[str, str | None, str, str]] | None = None
         self._before: _Wants | None = None
         if sub.state not in TERMINATED_SUBSCRIPTION_STATES:
-            self._collect(view)
+            if sub.state in EFFECTIVE_SUBSCRIPTION_STATES:
+                self._collect_services(view)
+            self._collect_items(view)
 
     def service_touched(self, s: Service) -> bool:
         if self.previous is None:
@@ -235,97 +238,142 @@ class _Wants:
             if i.distributor == d and i.serial_number in self.devices[d] and self.item_touched(i)
         }
 
-    def _collect(self, view: _ProviderView) -> None:
-        sub = self.sub
+    def _collect_services(self, view: _ProviderView) -> None:
+        """The mapped, allowed products of the effective services, per Icareus distributor;
+        a touched service that is not allowed or not mapped is a problem."""
         allowed_by = view.allowed
+        services = view.services
+        products = self.products
         order = self.order
-        problems = self.problems
-        if sub.state in EFFECTIVE_SUBSCRIPTION_STATES:
-            effective = EFFECTIVE_SERVICE_STATES
-            services = view.services
-            products = self.products
-            for s in sub.services:
-                d = s.distributor
-                if d is None or s.state not in effective:
-                    continue
-                allowed = allowed_by.get(d, _OTHER)
-                if allowed is _OTHER:
-                    continue
-                code = s.product_code
-                if allowed is not None and code not in allowed:
-                    if self.service_touched(s):
-                        problems.append(
-                            (
-                                RejectionCode.PRODUCT_NOT_ALLOWED,
-                                RequestType.ACTIVATE_PRODUCTS,
-                                d,
-                                f"service {s.id}: product {code} is not allowed on {d}",
-                            )
-                        )
-                    continue
-                pid = services.get(code)
-                if pid is None:
-                    if self.service_touched(s):
-                        problems.append(
-                            (
-                                RejectionCode.UNMAPPED_PRODUCT,
-                                RequestType.ACTIVATE_PRODUCTS,
-                                d,
-                                f"service {s.id}: product {code} has no Icareus product id",
-                            )
-                        )
-                    continue
-                order[d] = None
-                held = products.get(d)
-                if held is None:
-                    products[d] = {pid}
-                else:
-                    held.add(pid)
+        effective = EFFECTIVE_SERVICE_STATES
+        for s in self.sub.services:
+            d = s.distributor
+            if d is None or s.state not in effective:
+                continue
+            allowed = allowed_by.get(d, _OTHER)
+            if allowed is _OTHER:
+                continue
+            code = s.product_code
+            if allowed is not None and code not in allowed:
+                if self.service_touched(s):
+                    self._problem(
+                        RejectionCode.PRODUCT_NOT_ALLOWED,
+                        RequestType.ACTIVATE_PRODUCTS,
+                        d,
+                        f"service {s.id}: product {code} is not allowed on {d}",
+                    )
+                continue
+            pid = services.get(code)
+            if pid is None:
+                if self.service_touched(s):
+                    self._problem(
+                        RejectionCode.UNMAPPED_PRODUCT,
+                        RequestType.ACTIVATE_PRODUCTS,
+                        d,
+                        f"service {s.id}: product {code} has no Icareus product id",
+                    )
+                continue
+            order[d] = None
+            held = products.get(d)
+            if held is None:
+                products[d] = {pid}
+            else:
+                held.add(pid)
+
+    def _collect_items(self, view: _ProviderView) -> None:
+        """The devices (serial number -> device type) of the mapped installed items, per
+        Icareus distributor; a touched item whose physical good is not mapped is a problem."""
+        allowed_by = view.allowed
         goods = view.goods
         devices = self.devices
-        for i in sub.installed_items:
+        order = self.order
+        for i in self.sub.installed_items:
             d = i.distributor
             if d not in allowed_by:
                 continue
             dtype = goods.get(i.physical_good_code)
             if dtype is None:
                 if self.item_touched(i):
-                    problems.append(
-                        (
-                            RejectionCode.UNMAPPED_PHYSICAL_GOOD,
-                            RequestType.ADD_DEVICE,
-                            d,
-                            f"installed item {i.id} ({i.serial_number}): physical good "
-                            f"{i.physical_good_code} has no Icareus device type",
-                        )
+                    self._problem(
+                        RejectionCode.UNMAPPED_PHYSICAL_GOOD,
+                        RequestType.ADD_DEVICE,
+                        d,
+                        f"installed item {i.id} ({i.serial_number}): physical good "
+                        f"{i.physical_good_code} has no Icareus device type",
                     )
                 continue
             order[d] = None
-            held_devices = devices.get(d)
-            if held_devices is None:
+            held = devices.get(d)
+            if held is None:
                 devices[d] = {i.serial_number: dtype}
             else:
-                held_devices[i.serial_number] = dtype
+                held[i.serial_number] = dtype
+
+    def _problem(self, code: RejectionCode, rtype: RequestType, d: str, detail: str) -> None:
+        self.problems.append(_Problem(code, rtype, d, detail))
+
+
+class _Problem(NamedTuple):
+    """A CRM error the snapshot shows on a distributor (reported as a rejection)."""
+
+    code: RejectionCode
+    type: RequestType
+    distributor: str
+    detail: str
 
 
 # --- the plan --------------------------------------------------------------------------------
 
 
-# A request before it gets its place (sequence) in the plan:
-# (type, distributor, account key, user id, product ids, device id, device type).
-_Draft = tuple[RequestType, str, str, str | None, tuple[str, ...], str | None, str | None]
-# A rejection before it gets its place: a draft followed by (code, detail).
-_Rejected = tuple[
-    RequestType,
-    str,
-    str,
-    str | None,
-    tuple[str, ...],
-    str | None,
-    str | None,
-    RejectionCode,
-    str,
-]
+class _Draft(NamedTuple):
+    """A request before it gets its place (sequence, id, number) in the plan."""
+
+    type: RequestType
+    distributor: str
+    account_key: str
+    user_id: str | None = None
+    product_ids: tuple[str, ...] = ()
+    device_id: str | None = None
+    device_type: str | None = None
+
+
+class _Rejected(NamedTuple):
+    """A rejection before it gets its place: the request it refuses, with code and detail."""
+
+    draft: _Draft
+    code: RejectionCode
+    detail: str
+
+
+@dataclass(slots=True)
+class _Drafts:
+    """The plan being drawn up: its requests phase by phase (the order of _PHASES), its
+    rejections in the order they are found, and the accounts after it."""
+
+    add_users: list[_Draft]
+    remove_devices: list[_Draft]
+    add_devices: list[_Draft]
+    cancels: list[_Draft]
+    activates: list[_Draft]
+    remove_users: list[_Draft]
+    rejected: list[_Rejected]
+    accounts: dict[str, AccountState]
+
+    def requests(self) -> list[_Draft]:
+        """Every phase before the next one; accounts in viewing-point order within a phase."""
+        return (
+            self.add_users
+            + self.remove_devices
+            + self.add_devices
+            + self.cancels
+            + self.activates
+            + self.remove_users
+        )
+
+
+def _no_drafts() -> _Drafts:
+    return _Drafts([], [], [], [], [], [], [], {})
+
 
 _ADD_USER = RequestType.ADD_USER
 _REMOVE_DEVICE = RequestType.REMOVE_DEVICE
@@ -335,6 +383,7 @@ _ACTIVATE_PRODUCTS = RequestType.ACTIVATE_PRODUCTS
 _REMOVE_USER = RequestType.REMOVE_USER
 _NOTHING: frozenset[str] = frozenset()
 _NO_DEVICES: dict[str, str] = {}  # never mutated: only compared and copied
+_NOT_EFFECTIVE = "the Icareus provisioning provider is not effective"
 
 
 def plan(
@@ -356,8 +405,47 @@ def plan(
     """
     sub = event.subscription
     is_reset = event.action.code == ActionCode.RESET_SUBSCRIPTION
+    state = _known_state(state, sub)
+    skipped = _skip_reason(state, event, is_reset)  # 1
+    if skipped is not None:
+        return _decision({"state": state, "requests": (), "rejections": (), "skipped": skipped})
+    view = _view(provider)
+    wants = _Wants(sub, None if is_reset else state.snapshot, view)  # 2
+    drafts = _no_drafts()
+    order = _viewing_points(state.accounts, wants, view, sub.number, drafts)  # 3
+    terminated = sub.state in TERMINATED_SUBSCRIPTION_STATES
+    for d in order:  # 4
+        _plan_account(d, state.accounts.get(d), wants, view, sub.number, terminated, drafts)
+    requests = drafts.requests()
+    rejected = drafts.rejected
+    accounts = drafts.accounts
+    if not view.effective:  # 5
+        # Nothing is sent; the accounts stay as they were so that the whole difference is
+        # planned again once the provider is effective.
+        off = RejectionCode.PROVIDER_NOT_EFFECTIVE
+        rejected = [_Rejected(r, off, _NOT_EFFECTIVE) for r in requests] + rejected
+        requests = []
+        accounts = dict(state.accounts)
+    placed, rejections = _place(requests, rejected, event, is_reset)
+    new_state = _record(
+        {
+            "subscription_id": state.subscription_id,
+            "subscription_number": sub.number,
+            "last_version": max(state.last_version, sub.version),
+            "last_event_id": event.event_id,
+            "snapshot": sub,
+            "accounts": accounts,
+        }
+    )
+    return _decision(
+        {"state": new_state, "requests": placed, "rejections": rejections, "skipped": None}
+    )
+
+
+def _known_state(state: SubscriptionRecord | None, sub: Subscription) -> SubscriptionRecord:
+    """The state to plan from: the given one (of the event's subscription), or a new one."""
     if state is None:
-        state = _record(
+        return _record(
             {
                 "subscription_id": sub.id,
                 "subscription_number": sub.number,
@@ -365,44 +453,36 @@ def plan(
                 "last_event_id": None,
                 "snapshot": None,
                 "accounts": {},
-                "parked_behind": None,
             }
         )
-    elif state.subscription_id != sub.id:
+    if state.subscription_id != sub.id:
         # A caller's mistake, never the event's: the state is looked up by the event's key.
         raise ValueError(
             f"state of subscription {state.subscription_id} given for an event of {sub.id}"
         )
-    elif not is_reset and state.last_event_id == event.event_id:
-        return _decision(
-            {
-                "state": state,
-                "requests": (),
-                "rejections": (),
-                "skipped": SkipReason.DUPLICATE_EVENT,
-            }
-        )
-    if sub.version < state.last_version or (sub.version == state.last_version and not is_reset):
-        return _decision(
-            {"state": state, "requests": (), "rejections": (), "skipped": SkipReason.STALE_VERSION}
-        )
+    return state
 
-    view = _view(provider)
-    wants = _Wants(sub, None if is_reset else state.snapshot, view)
-    known = state.accounts
-    number = sub.number
-    # The phases, in the order they run (see _PHASES).
-    add_users: list[_Draft] = []
-    remove_devices: list[_Draft] = []
-    add_devices: list[_Draft] = []
-    cancels: list[_Draft] = []
-    activates: list[_Draft] = []
-    remove_users: list[_Draft] = []
-    rejected: list[_Rejected] = []
-    accounts: dict[str, AccountState] = {}
 
-    # Viewing points: known accounts keep their slot (their users exist in Icareus until the
-    # subscription is terminated); new distributors take free slots in order of appearance.
+def _skip_reason(
+    state: SubscriptionRecord, event: LifecycleEvent, is_reset: bool
+) -> SkipReason | None:
+    """Step 1: why the event changes nothing at all, if it does not."""
+    if is_reset:
+        return SkipReason.STALE_VERSION if event.subscription.version < state.last_version else None
+    if state.last_event_id == event.event_id:
+        return SkipReason.DUPLICATE_EVENT
+    if event.subscription.version <= state.last_version:
+        return SkipReason.STALE_VERSION
+    return None
+
+
+def _viewing_points(
+    known: dict[str, AccountState], wants: _Wants, view: _ProviderView, number: str, out: _Drafts
+) -> list[str]:
+    """Step 3: the distributors with an account, in viewing-point order. Known accounts keep
+    their slot (their users exist in Icareus until the subscription is terminated); new
+    distributors take free slots in order of appearance, the rest are VIEWING_POINT_LIMIT.
+    The configuration problems of the snapshot follow those rejections."""
     order = list(known)
     free = view.max_accounts - len(known)
     for d in wants.order:
@@ -412,157 +492,141 @@ def plan(
             order.append(d)
             free -= 1
         elif wants.touched_products(d, view) or wants.touched_devices(d):
-            rejected.append(
-                (
-                    _ADD_USER,
-                    d,
-                    account_key(number, d),
-                    None,
-                    (),
-                    None,
-                    None,
+            out.rejected.append(
+                _Rejected(
+                    _Draft(_ADD_USER, d, account_key(number, d)),
                     RejectionCode.VIEWING_POINT_LIMIT,
                     f"{d} would be Icareus account {view.max_accounts + 1} or later; "
                     f"at most {view.max_accounts} viewing points per subscription",
                 )
             )
-    for code, rtype, d, detail in wants.problems:
-        rejected.append((rtype, d, account_key(number, d), None, (), None, None, code, detail))
-
-    terminated = sub.state in TERMINATED_SUBSCRIPTION_STATES
-    wanted_products = wants.products
-    wanted_devices = wants.devices
-    for d in order:
-        acc = known.get(d)
-        if terminated and acc is None:
-            continue  # nothing in Icareus to remove
-        key = acc.account_key if acc is not None else f"{number}-{d}"
-        target_products: set[str] | frozenset[str] = wanted_products.get(d, _NOTHING)
-        target_devices = wanted_devices.get(d, _NO_DEVICES)
-        if acc is None or (not acc.registered and (target_products or target_devices)):
-            # A new account, or one whose ADD_USER was refused and that this event still wants
-            # something of: registered by this plan (at most once per event) and provisioned
-            # like a new account; its user id arrives later through feedback.
-            add_users.append((_ADD_USER, d, key, None, (), None, None))
-            acc = _account(
-                {
-                    "distributor": d,
-                    "account_key": key,
-                    "registered": True,
-                    "registration_rejected": False,
-                    "user_id": None,
-                    "products": _NOTHING,
-                    "devices": {},
-                }
+    for p in wants.problems:
+        out.rejected.append(
+            _Rejected(
+                _Draft(p.type, p.distributor, account_key(number, p.distributor)), p.code, p.detail
             )
-        if not acc.registered:
-            # Not registered (its ADD_USER was refused) and nothing left to register it for:
-            # what this event took away from it cannot be sent (ACCOUNT_NOT_REGISTERED, once:
-            # only what the previous snapshot still wanted there). Termination forgets it.
-            if not terminated:
-                accounts[d] = acc
-            before = wants.before(view)
-            if before is None:
-                continue
-            not_registered = f"account {key} is not registered in Icareus"
-            gone_devices = before.devices.get(d, _NO_DEVICES)
-            for serial in sorted(gone_devices):
-                rejected.append(
-                    (
-                        _REMOVE_DEVICE,
-                        d,
-                        key,
-                        None,
-                        (),
-                        serial,
-                        gone_devices[serial],
-                        RejectionCode.ACCOUNT_NOT_REGISTERED,
-                        not_registered,
-                    )
-                )
-            gone_products = before.products.get(d)
-            if gone_products:
-                rejected.append(
-                    (
-                        _CANCEL_PRODUCTS,
-                        d,
-                        key,
-                        None,
-                        _ordered(gone_products, view),
-                        None,
-                        None,
-                        RejectionCode.ACCOUNT_NOT_REGISTERED,
-                        not_registered,
-                    )
-                )
-            continue
-
-        uid = acc.user_id
-        have_devices = acc.devices
-        same_devices = have_devices == target_devices
-        if not same_devices:
-            for serial in sorted(have_devices):
-                if target_devices.get(serial) != have_devices[serial]:
-                    remove_devices.append(
-                        (_REMOVE_DEVICE, d, key, uid, (), serial, have_devices[serial])
-                    )
-            for serial in sorted(target_devices):
-                if have_devices.get(serial) != target_devices[serial]:
-                    add_devices.append(
-                        (_ADD_DEVICE, d, key, uid, (), serial, target_devices[serial])
-                    )
-        have_products = acc.products
-        same_products = have_products == target_products
-        if not same_products:
-            cancel = have_products - target_products
-            if cancel:
-                cancels.append((_CANCEL_PRODUCTS, d, key, uid, _ordered(cancel, view), None, None))
-            activate = target_products - have_products
-            if activate:
-                activates.append(
-                    (_ACTIVATE_PRODUCTS, d, key, uid, _ordered(activate, view), None, None)
-                )
-        if terminated:
-            # Termination removes the user, after its products and devices (order above).
-            remove_users.append((_REMOVE_USER, d, key, uid, (), None, None))
-            continue
-        if not (same_products and same_devices):
-            acc = _account(
-                {
-                    **acc.__dict__,
-                    "products": have_products if same_products else frozenset(target_products),
-                    "devices": have_devices if same_devices else dict(target_devices),
-                }
-            )
-        accounts[d] = acc
-
-    drafts = add_users + remove_devices + add_devices + cancels + activates + remove_users
-    if not view.effective:
-        # Nothing is sent; the accounts stay as they were so that the whole difference is
-        # planned again once the provider is effective.
-        off = (
-            RejectionCode.PROVIDER_NOT_EFFECTIVE,
-            "the Icareus provisioning provider is not effective",
         )
-        rejected = [r + off for r in drafts] + rejected
-        drafts = []
-        accounts = dict(known)
+    return order
 
-    requests, rejections = _place(drafts, rejected, event, is_reset)
-    new_state = _record(
+
+def _plan_account(
+    d: str,
+    acc: AccountState | None,
+    wants: _Wants,
+    view: _ProviderView,
+    number: str,
+    terminated: bool,
+    out: _Drafts,
+) -> None:
+    """Step 4 for the account of distributor `d`: its requests, and the account after them."""
+    if terminated and acc is None:
+        return  # nothing in Icareus to remove
+    key = acc.account_key if acc is not None else account_key(number, d)
+    target_products: set[str] | frozenset[str] = wants.products.get(d, _NOTHING)
+    target_devices = wants.devices.get(d, _NO_DEVICES)
+    if acc is None or (not acc.registered and (target_products or target_devices)):
+        # A new account, or one whose ADD_USER was refused and that this event still wants
+        # something of: registered by this plan (at most once per event) and provisioned
+        # like a new account; its user id arrives later through feedback.
+        out.add_users.append(_Draft(_ADD_USER, d, key))
+        acc = _new_account(d, key)
+    if not acc.registered:
+        if not terminated:  # termination forgets it
+            out.accounts[d] = acc
+        _not_registered(d, key, wants.before(view), view, out)
+        return
+    same_devices = acc.devices == target_devices
+    if not same_devices:
+        _device_requests(d, key, acc, target_devices, out)
+    same_products = acc.products == target_products
+    if not same_products:
+        _product_requests(d, key, acc, target_products, view, out)
+    if terminated:
+        # Termination removes the user, after its products and devices (phase order).
+        out.remove_users.append(_Draft(_REMOVE_USER, d, key, acc.user_id))
+        return
+    if not (same_products and same_devices):
+        acc = _account(
+            {
+                **acc.__dict__,
+                "products": acc.products if same_products else frozenset(target_products),
+                "devices": acc.devices if same_devices else dict(target_devices),
+            }
+        )
+    out.accounts[d] = acc
+
+
+def _new_account(d: str, key: str) -> AccountState:
+    """An account registered by this plan: nothing held yet, user id unknown."""
+    return _account(
         {
-            "subscription_id": state.subscription_id,
-            "subscription_number": number,
-            "last_version": max(state.last_version, sub.version),
-            "last_event_id": event.event_id,
-            "snapshot": sub,
-            "accounts": accounts,
-            "parked_behind": state.parked_behind,
+            "distributor": d,
+            "account_key": key,
+            "registered": True,
+            "registration_rejected": False,
+            "user_id": None,
+            "products": _NOTHING,
+            "devices": {},
         }
     )
-    return _decision(
-        {"state": new_state, "requests": requests, "rejections": rejections, "skipped": None}
-    )
+
+
+def _not_registered(
+    d: str, key: str, before: _Wants | None, view: _ProviderView, out: _Drafts
+) -> None:
+    """An account not registered (its ADD_USER was refused) with nothing left to register it
+    for: what the event took away from it cannot be sent (ACCOUNT_NOT_REGISTERED), reported
+    once: only what the previous snapshot still wanted there."""
+    if before is None:
+        return
+    code = RejectionCode.ACCOUNT_NOT_REGISTERED
+    detail = f"account {key} is not registered in Icareus"
+    gone_devices = before.devices.get(d, _NO_DEVICES)
+    for serial in sorted(gone_devices):
+        draft = _Draft(_REMOVE_DEVICE, d, key, None, (), serial, gone_devices[serial])
+        out.rejected.append(_Rejected(draft, code, detail))
+    gone_products = before.products.get(d)
+    if gone_products:
+        draft = _Draft(_CANCEL_PRODUCTS, d, key, None, _ordered(gone_products, view))
+        out.rejected.append(_Rejected(draft, code, detail))
+
+
+def _device_requests(
+    d: str, key: str, acc: AccountState, target: dict[str, str], out: _Drafts
+) -> None:
+    """REMOVE_DEVICE / ADD_DEVICE for the difference, by serial number (a device whose type
+    changed is removed and added again)."""
+    have = acc.devices
+    uid = acc.user_id
+    for serial in sorted(have):
+        if target.get(serial) != have[serial]:
+            out.remove_devices.append(_Draft(_REMOVE_DEVICE, d, key, uid, (), serial, have[serial]))
+    for serial in sorted(target):
+        if have.get(serial) != target[serial]:
+            out.add_devices.append(_Draft(_ADD_DEVICE, d, key, uid, (), serial, target[serial]))
+
+
+def _product_requests(
+    d: str,
+    key: str,
+    acc: AccountState,
+    target: set[str] | frozenset[str],
+    view: _ProviderView,
+    out: _Drafts,
+) -> None:
+    """One CANCEL_PRODUCTS and one ACTIVATE_PRODUCTS for the difference, ids in product order."""
+    have = acc.products
+    cancel = have - target
+    if cancel:
+        out.cancels.append(_Draft(_CANCEL_PRODUCTS, d, key, acc.user_id, _ordered(cancel, view)))
+    activate = target - have
+    if activate:
+        out.activates.append(
+            _Draft(_ACTIVATE_PRODUCTS, d, key, acc.user_id, _ordered(activate, view))
+        )
+
+
+# --- places in the plan: sequence, id and number -----------------------------------------------
 
 
 def _place(
@@ -571,84 +635,92 @@ def _place(
     """Give requests, then rejections, their sequence (1-based), id and number."""
     if not drafts and not rejected:
         return (), ()
+    ids, numbers = _identities(drafts + [r.draft for r in rejected], event, is_reset)
+    sub = event.subscription
+    profile = None
+    if drafts and drafts[0].type is _ADD_USER:  # ADD_USERs come first, all with one profile
+        profile = _profile_of(sub.subscriber)
+    requests = [
+        _request(
+            {
+                "request_id": ids[seq - 1],
+                "number": numbers[seq - 1],
+                "type": d.type,
+                "subscription_id": sub.id,
+                "subscription_number": sub.number,
+                "distributor": d.distributor,
+                "account_key": d.account_key,
+                "event_id": event.event_id,
+                "action_code": event.action.code,
+                "sequence": seq,
+                "created_at": event.occurred_at,
+                "user_id": d.user_id,
+                "product_ids": d.product_ids,
+                "device_id": d.device_id,
+                "device_type": d.device_type,
+                "profile": profile if d.type is _ADD_USER else None,
+            }
+        )
+        for seq, d in enumerate(drafts, 1)
+    ]
+    rejections = [
+        _rejection(
+            {
+                "request_id": ids[seq - 1],
+                "number": numbers[seq - 1],
+                "type": r.draft.type,
+                "code": r.code,
+                "distributor": r.draft.distributor,
+                "account_key": r.draft.account_key,
+                "detail": r.detail,
+                "sequence": seq,
+                "user_id": r.draft.user_id,
+                "product_ids": r.draft.product_ids,
+                "device_id": r.draft.device_id,
+                "device_type": r.draft.device_type,
+            }
+        )
+        for seq, r in enumerate(rejected, len(drafts) + 1)
+    ]
+    return tuple(requests), tuple(rejections)
+
+
+def _identities(
+    drafts: list[_Draft], event: LifecycleEvent, is_reset: bool
+) -> tuple[list[str], list[str]]:
+    """The request ids and numbers of the places 1, 2, ... (docs/CORE.md, "Request
+    identity")."""
     sub = event.subscription
     sid, version, number = sub.id, sub.version, sub.number
-    event_id, code, at = event.event_id, event.action.code, event.occurred_at
-    id_prefix = f"{sid}:{version}:"
-    number_prefix = f"{number}-{version}-"
-    profile: SubscriberProfile | None = None
-
-    def reset_id(seq: int, d: _Draft | _Rejected) -> str:
-        # A reset may be planned again at the same version (and even for the same event) from
-        # a different observed state; its ids also carry the event and the request's content so
-        # that an Idempotency-Key never stands for two different calls.
-        return _uuid5(f"{id_prefix}{event_id}:{seq}:{d[0]}:{d[1]}:{','.join(d[4])}:{d[5]}:{d[6]}")
-
-    requests = []
-    seq = 0
-    for d in drafts:
-        seq += 1
-        rtype = d[0]
-        request_profile = None
-        if rtype is _ADD_USER:
-            if profile is None:
-                s = sub.subscriber
-                profile = _profile(
-                    {
-                        "first_name": s.first_name,
-                        "last_name": s.last_name,
-                        "email": s.email,
-                        "phone": s.phone,
-                        "country_code": s.country_code,
-                        "postal_code": s.postal_code,
-                        "city": s.city,
-                    }
-                )
-            request_profile = profile
-        requests.append(
-            _request(
-                {
-                    "request_id": reset_id(seq, d) if is_reset else _uuid5(f"{id_prefix}{seq}"),
-                    "number": f"{number_prefix}{seq:02d}",
-                    "type": rtype,
-                    "subscription_id": sid,
-                    "subscription_number": number,
-                    "distributor": d[1],
-                    "account_key": d[2],
-                    "event_id": event_id,
-                    "action_code": code,
-                    "sequence": seq,
-                    "created_at": at,
-                    "user_id": d[3],
-                    "product_ids": d[4],
-                    "device_id": d[5],
-                    "device_type": d[6],
-                    "profile": request_profile,
-                }
-            )
+    numbers = [request_number(number, version, seq) for seq in range(1, len(drafts) + 1)]
+    if not is_reset:
+        return [request_id(sid, version, seq) for seq in range(1, len(drafts) + 1)], numbers
+    # A reset may be planned again at the same version (and even for the same event) from a
+    # different observed state; its ids also carry the event and the request's content so that
+    # an Idempotency-Key never stands for two different calls.
+    ids = [
+        _uuid5(
+            f"{sid}:{version}:{event.event_id}:{seq}:{d.type}:{d.distributor}:"
+            f"{','.join(d.product_ids)}:{d.device_id}:{d.device_type}"
         )
-    rejections = []
-    for r in rejected:
-        seq += 1
-        rejections.append(
-            _rejection(
-                {
-                    "request_id": reset_id(seq, r) if is_reset else _uuid5(f"{id_prefix}{seq}"),
-                    "number": f"{number_prefix}{seq:02d}",
-                    "type": r[0],
-                    "code": r[7],
-                    "distributor": r[1],
-                    "account_key": r[2],
-                    "detail": r[8],
-                    "sequence": seq,
-                    "user_id": r[3],
-                    "product_ids": r[4],
-                    "device_id": r[5],
-                    "device_type": r[6],
-                }
-            )
-        )
-    return tuple(requests), tuple(rejections)
+        for seq, d in enumerate(drafts, 1)
+    ]
+    return ids, numbers
+
+
+def _profile_of(s: Subscriber) -> SubscriberProfile:
+    """The ADD_USER parameters: the subscriber of the event's snapshot."""
+    return _profile(
+        {
+            "first_name": s.first_name,
+            "last_name": s.last_name,
+            "email": s.email,
+            "phone": s.phone,
+            "country_code": s.country_code,
+            "postal_code": s.postal_code,
+            "city": s.city,
+        }
+    )
 
 
 __all__ = [

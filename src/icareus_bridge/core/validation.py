@@ -10,10 +10,13 @@ Messages name fields and sizes, never values of the subscriber (personal data)."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from icareus_bridge.codec import DecodeError, DecodeReason
-from icareus_bridge.config import LimitSettings
 from icareus_bridge.core.model import INT64_MAX, INT64_MIN, LifecycleEvent, SubscriptionRecord
+
+if TYPE_CHECKING:  # the limits come from the configuration; the core loads none
+    from icareus_bridge.config import LimitSettings
 
 
 def _invalid(field: str, problem: str) -> DecodeError:

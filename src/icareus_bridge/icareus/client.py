@@ -18,8 +18,8 @@ import httpx
 
 from icareus_bridge.config import DEFAULT_OPERATION_PARAMS, IcareusSettings
 from icareus_bridge.core.model import ProvisioningRequest, RequestType, SubscriberProfile
+from icareus_bridge.core.redaction import REDACTED
 from icareus_bridge.icareus.errors import (
-    REDACTED,
     AuthIcareusError,
     IcareusError,
     Outcome,

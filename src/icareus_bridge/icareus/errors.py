@@ -33,6 +33,9 @@ from typing import Any, Literal
 import aiohttp
 import httpx
 
+from icareus_bridge.core.redaction import REDACTED
+from icareus_bridge.core.redaction import redact as redact_with
+
 TransientReason = Literal[
     "connect", "timeout", "reset", "throttled", "server_error", "bad_body", "auth", "tls"
 ]
@@ -43,7 +46,6 @@ AUTH_CODES = frozenset({"INVALID_TOKEN"})
 AUTH_HTTP_STATUSES = frozenset({401, 403})
 
 EXCERPT_MAX_BYTES = 1024
-REDACTED = "<redacted>"
 
 # Operations on which an Icareus error code means "already as wanted".
 SUCCESS_CODES: Mapping[str, frozenset[str]] = {
@@ -204,16 +206,15 @@ class Outcome:
 
 def redact(value: Any) -> Any:
     """A copy of a JSON value with secrets and personal data replaced, emails masked in text."""
-    if isinstance(value, dict):
-        return {
-            k: (REDACTED if str(k).lower() in SENSITIVE_FIELDS else redact(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return _EMAIL.sub(REDACTED, value)
-    return value
+    return redact_with(value, _is_sensitive_field, text=_masked_emails)
+
+
+def _is_sensitive_field(name: str) -> bool:
+    return name.lower() in SENSITIVE_FIELDS
+
+
+def _masked_emails(text: str) -> str:
+    return _EMAIL.sub(REDACTED, text)
 
 
 def response_excerpt(body: bytes, parsed: Any = None) -> str:
@@ -226,7 +227,7 @@ def response_excerpt(body: bytes, parsed: Any = None) -> str:
     if parsed is not None:
         text = json.dumps(redact(parsed), separators=(",", ":"), ensure_ascii=False)
     else:
-        text = _EMAIL.sub(REDACTED, body.decode("utf-8", errors="replace"))
+        text = _masked_emails(body.decode("utf-8", errors="replace"))
     raw = text.encode("utf-8")
     if len(raw) <= EXCERPT_MAX_BYTES:
         return text

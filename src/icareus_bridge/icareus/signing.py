@@ -8,6 +8,8 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
 
+from icareus_bridge.core.model import sorted_products
+
 TOKEN_VERSION = "01"
 TOKEN_LENGTH = len(TOKEN_VERSION) + 8 + 32
 CLOCK_WINDOW_SECONDS = 300
@@ -57,16 +59,10 @@ def verify(
     return hmac.compare_digest(expected, token[10:])
 
 
-def _product_sort_key(product_id: str) -> tuple[int, int, str]:
-    # Numeric ids sort as numbers ("2" before "10"); anything else after them, as text.
-    if product_id.isdigit():
-        return (0, int(product_id), product_id)
-    return (1, 0, product_id)
-
-
 def product_ids_param(product_ids: Iterable[str]) -> str:
-    """productIds as sent and signed: unique, ascending, comma-separated."""
-    return ",".join(sorted(set(product_ids), key=_product_sort_key))
+    """productIds as sent and signed: unique, in product order (numeric ids by value, "2"
+    before "10"; any others after them, as text), comma-separated."""
+    return ",".join(sorted_products(set(product_ids)))
 
 
 def redact_token(token: str) -> str:

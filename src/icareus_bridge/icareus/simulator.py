@@ -43,6 +43,7 @@ from icareus_bridge.config import (
     Settings,
     load_settings,
 )
+from icareus_bridge.core.model import product_order, sorted_products
 from icareus_bridge.icareus.signing import CLOCK_WINDOW_SECONDS, redact_token, verify
 
 Scope = MutableMapping[str, Any]
@@ -165,13 +166,9 @@ class SimUser:
         return {
             "userId": self.user_id,
             "externalId": self.external_id,
-            "products": sorted(self.products, key=_id_order),
+            "products": list(sorted_products(self.products)),
             "devices": [{"deviceId": d, "deviceType": t} for d, t in sorted(self.devices.items())],
         }
-
-
-def _id_order(value: str) -> tuple[int, int, str]:
-    return (0, int(value), value) if value.isdigit() else (1, 0, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +270,8 @@ class IcareusSimulator:
         return self.faults
 
     def state_view(self) -> dict[str, Any]:
-        users = sorted(self.users.values(), key=lambda u: _id_order(u.user_id))
+        # User ids (numbers the simulator counts up) in the order of product ids: by value.
+        users = sorted(self.users.values(), key=lambda u: product_order(u.user_id))
         return {"users": [u.view() for u in users]}
 
     def faults_view(self) -> dict[str, Any]:

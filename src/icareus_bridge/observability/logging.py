@@ -19,6 +19,9 @@ from typing import Any, TextIO
 import structlog
 from pydantic import BaseModel
 
+from icareus_bridge.core.redaction import REDACTED
+from icareus_bridge.core.redaction import redact as redact_with
+
 # Keys whose values are personal data or secrets; matched case-insensitively on the whole key
 # and on any `_`/`.`/`-` separated part of it ("icareus_key", "sasl.password").
 REDACTED_KEYS = frozenset(
@@ -52,7 +55,6 @@ REDACTED_KEYS = frozenset(
 )
 # Keys that contain a redacted word but are not secrets (they name Kafka keys or ids).
 _ALLOWED_KEYS = frozenset({"account_key", "key_hash", "idempotency_key", "partition_key"})
-REDACTED = "[redacted]"
 
 
 def _is_sensitive(key: str) -> bool:
@@ -65,21 +67,11 @@ def _is_sensitive(key: str) -> bool:
     return any(p in REDACTED_KEYS for p in parts if p)
 
 
-def redact(value: Any, _depth: int = 0) -> Any:
+def redact(value: Any) -> Any:
     """A copy of `value` with sensitive keys' values replaced, recursing into mappings/lists;
-    a pydantic model (a domain object) is redacted as its `model_dump`, never shown whole."""
-    if _depth > 8:  # too deep to look through: not shown at all
-        return REDACTED if isinstance(value, Mapping | list | tuple | BaseModel) else value
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if isinstance(k, str) and _is_sensitive(k) else redact(v, _depth + 1))
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redact(v, _depth + 1) for v in value]
-    return value
+    a pydantic model (a domain object) is redacted as its `model_dump`, never shown whole; what
+    lies deeper than 8 levels is not shown at all."""
+    return redact_with(value, _is_sensitive, max_depth=8)
 
 
 def redaction_processor(

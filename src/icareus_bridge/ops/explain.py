@@ -17,6 +17,7 @@ from icareus_bridge.codec.errors import field_problems
 from icareus_bridge.config import load_settings
 from icareus_bridge.core.model import Decision, SubscriptionRecord
 from icareus_bridge.core.plan import plan
+from icareus_bridge.core.redaction import redact
 from icareus_bridge.core.validation import check_event, check_event_size, check_state_of
 
 EXIT_OK = 0
@@ -25,14 +26,11 @@ EXIT_BAD_INPUT = 2
 # The subscriber's personal data, in an ADD_USER's params and in the state's snapshot. Shown as
 # REDACTED; the state still plans the next step (`plan` reads the profile from the event only).
 PERSONAL_FIELDS = ("first_name", "last_name", "email", "phone", "postal_code", "city")
-REDACTED = "<redacted>"
 
 
 def _redacted(fields: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: REDACTED if k in PERSONAL_FIELDS and v not in (None, "") else v
-        for k, v in fields.items()
-    }
+    shown: dict[str, Any] = redact(fields, PERSONAL_FIELDS.__contains__, keep_empty=True)
+    return shown
 
 
 def render(decision: Decision) -> dict[str, Any]:
