@@ -9,8 +9,11 @@ from icareus_bridge.icareus.errors import (
     IcareusError,
     Outcome,
     PermanentIcareusError,
+    TlsIcareusError,
     TransientIcareusError,
+    TransientReason,
     classify,
+    redact,
 )
 
 __all__ = [
@@ -21,6 +24,9 @@ __all__ = [
     "IcareusUser",
     "Outcome",
     "PermanentIcareusError",
+    "TlsIcareusError",
     "TransientIcareusError",
+    "TransientReason",
     "classify",
+    "redact",
 ]
