@@ -414,8 +414,19 @@ def plan(
     drafts = _no_drafts()
     order = _viewing_points(state.accounts, wants, view, sub.number, drafts)  # 3
     terminated = sub.state in TERMINATED_SUBSCRIPTION_STATES
+    known, products, devices = state.accounts, wants.products, wants.devices
     for d in order:  # 4
-        _plan_account(d, state.accounts.get(d), wants, view, sub.number, terminated, drafts)
+        acc = known.get(d)
+        if (  # a registered account that already holds what the event wants: no request
+            acc is not None  # (most accounts of most events; checked here, without a call)
+            and acc.registered
+            and not terminated
+            and acc.products == products.get(d, _NOTHING)
+            and acc.devices == devices.get(d, _NO_DEVICES)
+        ):
+            drafts.accounts[d] = acc
+        else:
+            _plan_account(d, acc, wants, view, sub.number, terminated, drafts)
     requests = drafts.requests()
     rejected = drafts.rejected
     accounts = drafts.accounts
@@ -637,52 +648,60 @@ def _place(
         return (), ()
     ids, numbers = _identities(drafts + [r.draft for r in rejected], event, is_reset)
     sub = event.subscription
+    sid, sub_number = sub.id, sub.number
+    event_id, code, at = event.event_id, event.action.code, event.occurred_at
     profile = None
     if drafts and drafts[0].type is _ADD_USER:  # ADD_USERs come first, all with one profile
         profile = _profile_of(sub.subscriber)
-    requests = [
-        _request(
-            {
-                "request_id": ids[seq - 1],
-                "number": numbers[seq - 1],
-                "type": d.type,
-                "subscription_id": sub.id,
-                "subscription_number": sub.number,
-                "distributor": d.distributor,
-                "account_key": d.account_key,
-                "event_id": event.event_id,
-                "action_code": event.action.code,
-                "sequence": seq,
-                "created_at": event.occurred_at,
-                "user_id": d.user_id,
-                "product_ids": d.product_ids,
-                "device_id": d.device_id,
-                "device_type": d.device_type,
-                "profile": profile if d.type is _ADD_USER else None,
-            }
-        )
-        for seq, d in enumerate(drafts, 1)
-    ]
-    rejections = [
-        _rejection(
-            {
-                "request_id": ids[seq - 1],
-                "number": numbers[seq - 1],
-                "type": r.draft.type,
-                "code": r.code,
-                "distributor": r.draft.distributor,
-                "account_key": r.draft.account_key,
-                "detail": r.detail,
-                "sequence": seq,
-                "user_id": r.draft.user_id,
-                "product_ids": r.draft.product_ids,
-                "device_id": r.draft.device_id,
-                "device_type": r.draft.device_type,
-            }
-        )
-        for seq, r in enumerate(rejected, len(drafts) + 1)
-    ]
-    return tuple(requests), tuple(rejections)
+    requests = tuple(
+        [
+            _request(
+                {
+                    "request_id": ids[i],
+                    "number": numbers[i],
+                    "type": d.type,
+                    "subscription_id": sid,
+                    "subscription_number": sub_number,
+                    "distributor": d.distributor,
+                    "account_key": d.account_key,
+                    "event_id": event_id,
+                    "action_code": code,
+                    "sequence": i + 1,
+                    "created_at": at,
+                    "user_id": d.user_id,
+                    "product_ids": d.product_ids,
+                    "device_id": d.device_id,
+                    "device_type": d.device_type,
+                    "profile": profile if d.type is _ADD_USER else None,
+                }
+            )
+            for i, d in enumerate(drafts)
+        ]
+    )
+    if not rejected:
+        return requests, ()
+    rejections = tuple(
+        [
+            _rejection(
+                {
+                    "request_id": ids[i],
+                    "number": numbers[i],
+                    "type": r.draft.type,
+                    "code": r.code,
+                    "distributor": r.draft.distributor,
+                    "account_key": r.draft.account_key,
+                    "detail": r.detail,
+                    "sequence": i + 1,
+                    "user_id": r.draft.user_id,
+                    "product_ids": r.draft.product_ids,
+                    "device_id": r.draft.device_id,
+                    "device_type": r.draft.device_type,
+                }
+            )
+            for i, r in enumerate(rejected, len(drafts))
+        ]
+    )
+    return requests, rejections
 
 
 def _identities(
@@ -692,9 +711,10 @@ def _identities(
     identity")."""
     sub = event.subscription
     sid, version, number = sub.id, sub.version, sub.number
-    numbers = [request_number(number, version, seq) for seq in range(1, len(drafts) + 1)]
+    places = range(1, len(drafts) + 1)
+    numbers = [request_number(number, version, seq) for seq in places]
     if not is_reset:
-        return [request_id(sid, version, seq) for seq in range(1, len(drafts) + 1)], numbers
+        return [request_id(sid, version, seq) for seq in places], numbers
     # A reset may be planned again at the same version (and even for the same event) from a
     # different observed state; its ids also carry the event and the request's content so that
     # an Idempotency-Key never stands for two different calls.
