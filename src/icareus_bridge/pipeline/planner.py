@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol
 
 from icareus_bridge.codec import DecodeError
 from icareus_bridge.config import Settings
-from icareus_bridge.core.feedback import observed_state, rejection_result
+from icareus_bridge.core.feedback import rejection_result
 from icareus_bridge.core.model import (
     ActionCode,
     LifecycleEvent,
@@ -53,6 +53,7 @@ from icareus_bridge.kafka.transactions import StageTransactions
 from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.logging import RateLimiter, get_logger
 from icareus_bridge.observability.metrics import Metrics
+from icareus_bridge.pipeline import reset_plan
 from icareus_bridge.pipeline.dead_letter import Origin, dead_letter_headers, replay_count_of
 from icareus_bridge.pipeline.state_store import StateStore
 
@@ -187,13 +188,18 @@ class PlannerLogic:
             )
         state = lookup(rec.partition, key)
         is_reset = action == ActionCode.RESET_SUBSCRIPTION
-        if is_reset and state is not None:
-            # The dispatcher re-registers what Icareus lacks (refused registrations included);
-            # the known state follows that plan (docs/PIPELINE.md, "Reset").
-            registered = [a for a in state.accounts.values() if a.registered]
-            state = observed_state(state, sub.id, sub.number, registered)
         try:
-            decision = self.plan(state, event, self.settings.provider)
+            if is_reset and state is not None:
+                # The dispatcher plans the reset from what Icareus holds and re-registers what
+                # it lacks (refused registrations included); the planner, which calls no
+                # Icareus, plans it the same way from the accounts it knows registered, for its
+                # skip check and its next known state (docs/PIPELINE.md, "Reset").
+                registered = [a for a in state.accounts.values() if a.registered]
+                decision = reset_plan.plan_reset(
+                    event, registered, self.settings.provider, known=state, plan_fn=self.plan
+                )
+            else:
+                decision = self.plan(state, event, self.settings.provider)
         except Exception as exc:  # a rule the state machine cannot apply: never stop the stage
             return self._dead(rec, "plan", "PLAN_FAILED", exc, action)
         if decision.skipped is not None:

@@ -1,5 +1,6 @@
 """Planning a reset (RESET_SUBSCRIPTION) from what Icareus holds: the one piece of code the
-dispatcher runs before executing a reset and `icareus-bridge reset --dry-run` runs to show it.
+dispatcher runs before executing a reset, `icareus-bridge reset --dry-run` runs to show it, and
+the planner runs for its own next known state.
 
 `observe` reads `getUser` by account key for every configured Icareus distributor in
 viewing-point order; `plan_reset` plans the event against that observed state."""
@@ -7,13 +8,21 @@ viewing-point order; `plan_reset` plans the event against that observed state.""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from icareus_bridge.config import ProviderSettings
 from icareus_bridge.core.feedback import observed_state
-from icareus_bridge.core.model import AccountState, Decision, LifecycleEvent, Subscription
+from icareus_bridge.core.model import (
+    AccountState,
+    Decision,
+    LifecycleEvent,
+    Subscription,
+    SubscriptionRecord,
+)
 from icareus_bridge.core.plan import account_key, plan
-from icareus_bridge.icareus.client import CallResult
+from icareus_bridge.core.provider import ProviderSettings
+
+if TYPE_CHECKING:  # the planner imports this module too, and needs no HTTP client
+    from icareus_bridge.icareus.client import CallResult
 
 
 class UserLookup(Protocol):
@@ -65,11 +74,21 @@ async def observe(
 
 
 def plan_reset(
-    event: LifecycleEvent, observed: Iterable[AccountState], provider: ProviderSettings
+    event: LifecycleEvent,
+    observed: Iterable[AccountState],
+    provider: ProviderSettings,
+    *,
+    known: SubscriptionRecord | None = None,
+    plan_fn: Callable[[SubscriptionRecord | None, LifecycleEvent, ProviderSettings], Decision] = (
+        plan
+    ),
 ) -> Decision:
-    """The reset's plan: the event planned against the observed state alone."""
+    """The one planning of a reset: the event planned against the accounts `observed` in
+    Icareus alone. The dispatcher passes what `observe` found; the planner, which calls no
+    Icareus, passes the accounts it knows registered and its state as `known` (version, last
+    event and viewing-point order), so its next known state follows the dispatcher's plan."""
     sub = event.subscription
-    return plan(observed_state(None, sub.id, sub.number, observed), event, provider)
+    return plan_fn(observed_state(known, sub.id, sub.number, observed), event, provider)
 
 
 __all__ = ["UserLookup", "observe", "plan_reset", "reset_order"]
