@@ -646,10 +646,13 @@ def _place(
     """Give requests, then rejections, their sequence (1-based), id and number."""
     if not drafts and not rejected:
         return (), ()
-    ids, numbers = _identities(drafts + [r.draft for r in rejected], event, is_reset)
     sub = event.subscription
-    sid, sub_number = sub.id, sub.number
+    sid, sub_number, version = sub.id, sub.number, sub.version
     event_id, code, at = event.event_id, event.action.code, event.occurred_at
+    if is_reset:
+        ids = _reset_ids(drafts + [r.draft for r in rejected], event)
+    else:
+        ids = [request_id(sid, version, seq) for seq in range(1, len(drafts) + len(rejected) + 1)]
     profile = None
     if drafts and drafts[0].type is _ADD_USER:  # ADD_USERs come first, all with one profile
         profile = _profile_of(sub.subscriber)
@@ -657,25 +660,33 @@ def _place(
         [
             _request(
                 {
-                    "request_id": ids[i],
-                    "number": numbers[i],
-                    "type": d.type,
+                    "request_id": ids[seq - 1],
+                    "number": request_number(sub_number, version, seq),
+                    "type": rtype,
                     "subscription_id": sid,
                     "subscription_number": sub_number,
-                    "distributor": d.distributor,
-                    "account_key": d.account_key,
+                    "distributor": distributor,
+                    "account_key": account,
                     "event_id": event_id,
                     "action_code": code,
-                    "sequence": i + 1,
+                    "sequence": seq,
                     "created_at": at,
-                    "user_id": d.user_id,
-                    "product_ids": d.product_ids,
-                    "device_id": d.device_id,
-                    "device_type": d.device_type,
-                    "profile": profile if d.type is _ADD_USER else None,
+                    "user_id": user_id,
+                    "product_ids": product_ids,
+                    "device_id": device_id,
+                    "device_type": device_type,
+                    "profile": profile if rtype is _ADD_USER else None,
                 }
             )
-            for i, d in enumerate(drafts)
+            for seq, (
+                rtype,
+                distributor,
+                account,
+                user_id,
+                product_ids,
+                device_id,
+                device_type,
+            ) in enumerate(drafts, 1)
         ]
     )
     if not rejected:
@@ -684,48 +695,39 @@ def _place(
         [
             _rejection(
                 {
-                    "request_id": ids[i],
-                    "number": numbers[i],
+                    "request_id": ids[seq - 1],
+                    "number": request_number(sub_number, version, seq),
                     "type": r.draft.type,
                     "code": r.code,
                     "distributor": r.draft.distributor,
                     "account_key": r.draft.account_key,
                     "detail": r.detail,
-                    "sequence": i + 1,
+                    "sequence": seq,
                     "user_id": r.draft.user_id,
                     "product_ids": r.draft.product_ids,
                     "device_id": r.draft.device_id,
                     "device_type": r.draft.device_type,
                 }
             )
-            for i, r in enumerate(rejected, len(drafts))
+            for seq, r in enumerate(rejected, len(drafts) + 1)
         ]
     )
     return requests, rejections
 
 
-def _identities(
-    drafts: list[_Draft], event: LifecycleEvent, is_reset: bool
-) -> tuple[list[str], list[str]]:
-    """The request ids and numbers of the places 1, 2, ... (docs/CORE.md, "Request
-    identity")."""
+def _reset_ids(drafts: list[_Draft], event: LifecycleEvent) -> list[str]:
+    """The request ids of a reset's places 1, 2, ... (docs/CORE.md, "Request identity"). A
+    reset may be planned again at the same version (and even for the same event) from a
+    different observed state; its ids also carry the event and the request's content so that
+    an Idempotency-Key never stands for two different calls."""
     sub = event.subscription
-    sid, version, number = sub.id, sub.version, sub.number
-    places = range(1, len(drafts) + 1)
-    numbers = [request_number(number, version, seq) for seq in places]
-    if not is_reset:
-        return [request_id(sid, version, seq) for seq in places], numbers
-    # A reset may be planned again at the same version (and even for the same event) from a
-    # different observed state; its ids also carry the event and the request's content so that
-    # an Idempotency-Key never stands for two different calls.
-    ids = [
+    return [
         _uuid5(
-            f"{sid}:{version}:{event.event_id}:{seq}:{d.type}:{d.distributor}:"
+            f"{sub.id}:{sub.version}:{event.event_id}:{seq}:{d.type}:{d.distributor}:"
             f"{','.join(d.product_ids)}:{d.device_id}:{d.device_type}"
         )
         for seq, d in enumerate(drafts, 1)
     ]
-    return ids, numbers
 
 
 def _profile_of(s: Subscriber) -> SubscriberProfile:
