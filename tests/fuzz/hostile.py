@@ -31,7 +31,8 @@ from icareus_bridge.config import Settings
 from icareus_bridge.core.feedback import apply_result
 from icareus_bridge.core.model import ActionCode, LifeCycleState, ServiceState, SubscriptionState
 from icareus_bridge.core.plan import plan
-from icareus_bridge.pipeline.planner import Handled, InboundRecord, PlannerLogic
+from icareus_bridge.kafka.consumer import ConsumedRecord
+from icareus_bridge.pipeline.planner import Handled, PlannerLogic
 from tests.fuzz.avro_reference import LONG_MAX, LONG_MIN, mutate, random_long, random_text
 
 DISTRIBUTORS = ["ICAREUS-VP1", "ICAREUS-VP2", "ICAREUS-VP3"]
@@ -212,7 +213,7 @@ class Hostile:
         self.versions[sub_id] = max(version, self.versions.get(sub_id, 0))
         return sub_id, version
 
-    def make(self, index: int) -> tuple[str, InboundRecord]:
+    def make(self, index: int) -> tuple[str, ConsumedRecord]:
         rng = self.rng
         kind = KINDS[0] if index % 10 == 0 else KINDS[2] if index % 50 == 7 else KINDS[1]
         topic = SETTINGS.topics.input
@@ -234,14 +235,14 @@ class Hostile:
             if rng.random() < 0.7:
                 data = mutate(data, rng, keep=10 if rng.random() < 0.9 else 0)
             key = sub_id.encode() if rng.random() < 0.97 else rng.choice([None, b"other"])
-        return kind, InboundRecord(topic, 0, index, 1_790_000_000_000, key, data)
+        return kind, ConsumedRecord(topic, 0, index, key, data, timestamp_ms=1_790_000_000_000)
 
     # --- the step and its check ---------------------------------------------------------------
 
     def _lookup(self, _partition: int, key: bytes) -> Any:
         return self.store.get(key)
 
-    def step(self, kind: str, index: int, rec: InboundRecord) -> str:
+    def step(self, kind: str, index: int, rec: ConsumedRecord) -> str:
         try:
             if rec.topic == SETTINGS.topics.results:
                 h = self.logic.on_result(rec, self._lookup, lambda _k: None)
@@ -253,7 +254,7 @@ class Hostile:
         except Exception as exc:
             raise HostileFailure(kind, index, rec.value, f"raised {exc!r}") from exc
 
-    def _check(self, kind: str, rec: InboundRecord, h: Handled) -> str:
+    def _check(self, kind: str, rec: ConsumedRecord, h: Handled) -> str:
         t = SETTINGS.topics
         if h.outcome == "dead_lettered":
             assert h.dead_letter is not None and h.dead_letter[1], "dead letter without reason"

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from icareus_bridge.codec import EVENT
-from icareus_bridge.pipeline.planner import InboundRecord
+from icareus_bridge.kafka.consumer import ConsumedRecord
 from tests.fuzz.hostile import SETTINGS, Hostile, event_dict, monster_dict
 
 SEEDED_INPUTS = 20_000
@@ -34,7 +34,7 @@ HOSTILE = Hostile(seed=1)
 
 
 def _step(data: bytes, key: bytes | None, topic: str = SETTINGS.topics.input) -> str:
-    return HOSTILE.step("hypothesis", 0, InboundRecord(topic, 0, 0, None, key, data))
+    return HOSTILE.step("hypothesis", 0, ConsumedRecord(topic, 0, 0, key, data))
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

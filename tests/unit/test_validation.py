@@ -30,7 +30,8 @@ from icareus_bridge.core.model import (
 )
 from icareus_bridge.core.plan import plan
 from icareus_bridge.core.validation import check_event
-from icareus_bridge.pipeline.planner import Handled, InboundRecord, PlannerLogic
+from icareus_bridge.kafka.consumer import ConsumedRecord
+from icareus_bridge.pipeline.planner import Handled, PlannerLogic
 
 CODEC = Codec()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -87,7 +88,9 @@ def planner(settings: Settings = SETTINGS) -> PlannerLogic:
 
 
 def on_event(value: bytes, settings: Settings = SETTINGS) -> Handled:
-    rec = InboundRecord(settings.topics.input, 0, 5, 1_790_000_000_001, b"sub-1", value)
+    rec = ConsumedRecord(
+        settings.topics.input, 0, 5, b"sub-1", value, timestamp_ms=1_790_000_000_001
+    )
     return planner(settings).on_event(rec, lambda p, k: None)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -43,7 +43,6 @@ from icareus_bridge.kafka.consumer import (
     ConsumedRecord,
     ConsumerFailed,
     GroupConsumer,
-    Header,
     Partition,
 )
 from icareus_bridge.kafka.stage import instance_id as stage_instance_id
@@ -74,19 +73,6 @@ class PlannerCodec(Protocol):
     def encode_result(self, result: ProvisioningResult) -> bytes: ...
     def encode_state(self, record: SubscriptionRecord | None) -> bytes | None: ...
     def decode_state(self, data: bytes | None) -> SubscriptionRecord | None: ...
-
-
-def InboundRecord(  # the former record class, kept for its callers
-    topic: str,
-    partition: int,
-    offset: int,
-    timestamp_ms: int | None,
-    key: bytes | None,
-    value: bytes | None,
-    headers: Sequence[Header] = (),
-) -> ConsumedRecord:
-    """A `ConsumedRecord` from the planner's former record fields, in their former order."""
-    return ConsumedRecord(topic, partition, offset, key, value, tuple(headers), timestamp_ms)
 
 
 @dataclass(frozen=True, slots=True)
