@@ -33,6 +33,9 @@ def test_every_package_says_where_it_sits_and_every_exported_name_resolves(packa
         if (SRC / package / f"{name}.py").is_file():
             importlib.import_module(f"icareus_bridge.{package}.{name}")
         assert getattr(module, name) is not None, f"icareus_bridge.{package}.{name}"
+    # An unknown name is an AttributeError (so `from package import submodule` still works).
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = module.no_such_name
 
 
 def test_only_the_kafka_package_imports_confluent_kafka() -> None:

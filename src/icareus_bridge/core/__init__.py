@@ -3,8 +3,9 @@ back into state, the event's rules, the provider's settings and redaction; no I/
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from icareus_bridge.lazy import exports
 
 if TYPE_CHECKING:
     from icareus_bridge.core.feedback import apply_result, observed_state, rejection_result
@@ -111,9 +112,4 @@ __all__ = [
     "trusted_attributes",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = exports(__name__, _EXPORTS)

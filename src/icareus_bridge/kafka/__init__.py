@@ -3,8 +3,9 @@ state transactions, topics, and the operator commands' reads and writes."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from icareus_bridge.lazy import exports
 
 if TYPE_CHECKING:
     from icareus_bridge.kafka.admin import (
@@ -167,9 +168,4 @@ __all__ = [
     "wait_for_broker",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = exports(__name__, _EXPORTS)

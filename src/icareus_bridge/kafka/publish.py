@@ -20,14 +20,10 @@ class BrokerError(Exception):
     """A Kafka call failed; `str()` is the client's own words (`KafkaError.str()`)."""
 
 
-def error_text(exc: BaseException) -> str:
-    """The client's words for a Kafka exception (the text of its `KafkaError`)."""
-    err = kafka_error(exc)
-    return str(err.str()) if err is not None else str(exc)
-
-
 def broker_error(exc: KafkaException) -> BrokerError:
-    return BrokerError(error_text(exc))
+    """The exception in the client's own words (`KafkaError.str()`, not its repr)."""
+    err = kafka_error(exc)
+    return BrokerError(str(err.str()) if err is not None else str(exc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,5 +126,4 @@ __all__ = [
     "OutgoingRecord",
     "TransactionalPublisher",
     "broker_error",
-    "error_text",
 ]

@@ -159,13 +159,7 @@ class StateLookup:
 
     def find(self, subscription_id: str) -> KnownState:
         """The subscription's state and parked marker; `UnknownSubscription` if none."""
-        n = self.partitions(self.topics.state)
-        if n is None:
-            raise UnknownSubscription(
-                subscription_id, f"state topic {self.topics.state} (topics.state) does not exist"
-            )
-        key = subscription_id.encode("utf-8")
-        first = default_partition(key, n)
+        key, first, n = self._state_partition(subscription_id)
         order = [first] + [p for p in range(n) if p != first]
         # The likely partition alone first: one partition of a large topic is what 3 s allow.
         for batch in ([order[0]], order[1:]):
@@ -178,6 +172,17 @@ class StateLookup:
             if state is not None:
                 return state
         raise UnknownSubscription(subscription_id)
+
+    def _state_partition(self, subscription_id: str) -> tuple[bytes, int, int]:
+        """The subscription's key, the state partition it hashes to, and the partition count;
+        `UnknownSubscription` when the state topic does not exist."""
+        n = self.partitions(self.topics.state)
+        if n is None:
+            raise UnknownSubscription(
+                subscription_id, f"state topic {self.topics.state} (topics.state) does not exist"
+            )
+        key = subscription_id.encode("utf-8")
+        return key, default_partition(key, n), n
 
     def _state_of(self, subscription_id: str, found: list[Found]) -> KnownState | None:
         key = subscription_id.encode("utf-8")
@@ -221,13 +226,7 @@ class StateLookup:
 
         The likely state partition, the DLQ partition and the tail of the results partition
         are read together in one pass."""
-        n_state = self.partitions(self.topics.state)
-        if n_state is None:
-            raise UnknownSubscription(
-                subscription_id, f"state topic {self.topics.state} (topics.state) does not exist"
-            )
-        key = subscription_id.encode("utf-8")
-        first = default_partition(key, n_state)
+        key, first, _ = self._state_partition(subscription_id)
         n_dlq = self.partitions(self.topics.dlq)
         n_results = self.partitions(self.topics.results)
         ranges = [Range(self.topics.state, first)]

@@ -3,8 +3,9 @@ dispatcher (requests to Icareus calls and results), each a logic unit in a thin 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from icareus_bridge.lazy import exports
 
 if TYPE_CHECKING:
     from icareus_bridge.pipeline.dead_letter import (
@@ -56,9 +57,4 @@ __all__ = [
     "run_dispatcher",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = exports(__name__, _EXPORTS)

@@ -36,6 +36,7 @@ from icareus_bridge.icareus.errors import (
 )
 from icareus_bridge.kafka.checkpoint import OutboundRecord
 from icareus_bridge.kafka.dispatch import ConsumedRecord
+from icareus_bridge.kafka.stage import now_ms
 from icareus_bridge.observability.http import Readiness
 from icareus_bridge.observability.logging import request_fields
 from icareus_bridge.observability.metrics import Metrics
@@ -217,7 +218,7 @@ class DispatchLogic:
         log: Any,
         accounts: AccountOutcomes | None = None,
         parked: ParkedKeys | None = None,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.settings = settings
         self.topics = settings.topics
