@@ -11,8 +11,8 @@ import fastavro
 import pytest
 
 from icareus_bridge.codec import DecodeError, DecodeReason, default_codec
-from icareus_bridge.codec.reader import Instance, compile_reader
-from icareus_bridge.core.model import Service, ServiceState, trusted_attributes
+from icareus_bridge.codec.reader import Struct, compile_reader
+from icareus_bridge.core.model import Service, ServiceState
 from tests.unit.crm_events import event, item, subscription, svc
 
 SCHEMA: dict[str, Any] = {
@@ -85,7 +85,7 @@ def test_refuses_what_does_not_decode(data: bytes) -> None:
         READ(data, 0)
 
 
-def test_instances_are_built_inline_as_the_model_would_hold_them() -> None:
+def test_structs_are_built_inline_as_the_model_would_hold_them() -> None:
     schema = {
         "type": "record",
         "name": "Service",
@@ -102,7 +102,7 @@ def test_instances_are_built_inline_as_the_model_would_hold_them() -> None:
     }
     read = compile_reader(
         schema,
-        builders={"t.Service": Instance(Service, trusted_attributes(Service))},
+        builders={"t.Service": Struct(Service)},
         enums={"t.S": list(ServiceState)},
     )
     data = b"\x02a\x02b\x02\x02\x06VP1"
@@ -112,8 +112,25 @@ def test_instances_are_built_inline_as_the_model_would_hold_them() -> None:
     assert type(built) is Service and built == expected
     assert built.model_dump() == expected.model_dump()
     assert built.model_copy(update={"id": "c"}).id == "c"
-    with pytest.raises(ValueError):
+    with pytest.raises(AttributeError):
         built.id = "x"  # type: ignore[misc]
+
+
+def test_a_struct_whose_fields_are_in_another_order_is_built_by_keyword() -> None:
+    schema = {
+        "type": "record",
+        "name": "Service",
+        "namespace": "t",
+        "fields": [
+            {"name": "product_code", "type": "string"},
+            {"name": "id", "type": "string"},
+            {"name": "state", "type": "string"},
+            {"name": "distributor", "type": ["null", "string"]},
+        ],
+    }
+    read = compile_reader(schema, builders={"t.Service": Struct(Service)})
+    built, _ = read(b"\x02b\x02a\x12EFFECTIVE\x00", 0)
+    assert built == Service(id="a", product_code="b", state=ServiceState.EFFECTIVE)
 
 
 def test_any_corrupted_event_byte_gives_an_event_or_a_decode_error() -> None:

@@ -27,6 +27,7 @@ from icareus_bridge.core.model import (
     Subscription,
     SubscriptionRecord,
     SubscriptionState,
+    plain,
 )
 from icareus_bridge.core.plan import plan
 from icareus_bridge.pipeline.outcomes import request_fields
@@ -116,7 +117,7 @@ def test_compiled_writer_writes_the_bytes_fastavro_writes(record: str) -> None:
     assert samples, record
     for obj in samples:
         buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, version.parsed, obj)
+        fastavro.schemaless_writer(buf, version.parsed, plain(obj))  # fastavro: dicts only
         assert write(obj) == buf.getvalue()
 
 

@@ -1,4 +1,5 @@
-"""Every error of the codec, and the one reading of a pydantic ValidationError the bridge uses.
+"""Every error of the codec, and the one reading of a validation error (pydantic's for the
+configuration, msgspec's for the domain models) the bridge uses.
 
 Bytes that cannot become a valid record raise `DecodeError`, whose `reason` becomes the dead
 letter's `dlq.reason`; a record the current schema cannot hold raises `EncodeError`; a registry
@@ -8,9 +9,11 @@ into the errors above or into a fallback to fastavro."""
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import NamedTuple
 
+import msgspec
 from pydantic import ValidationError
 
 
@@ -65,14 +68,15 @@ class UnsupportedSchema(Exception):
     """A schema construct the writer compiler leaves to fastavro."""
 
 
-# --- pydantic's ValidationError, read once for the codec, the configuration and `explain` ---
+# --- validation errors, read once for the codec, the configuration and `explain` ------------
 
 
 class FieldProblem(NamedTuple):
-    """One entry of a ValidationError: where, pydantic's message, and what a validator raised."""
+    """One entry of a validation error: where, the validator's message, and what a validator
+    raised (pydantic's `ctx.error`)."""
 
     path: tuple[str, ...]  # the location, each part as text; () for the whole object
-    message: str  # pydantic's `msg`
+    message: str  # pydantic's `msg`, or msgspec's message without its location
     cause: object  # the exception a validator raised (`ctx.error`), else None
 
     @property
@@ -86,8 +90,29 @@ def dotted(path: tuple[str, ...]) -> str:
     return ".".join(path) or "<root>"
 
 
-def field_problems(exc: ValidationError) -> list[FieldProblem]:
-    """Every entry of `exc`, in pydantic's order (the first is the one a caller names)."""
+# msgspec names one problem: "<message> - at `$.a.b[0].c`"; a missing or unknown field is named
+# in the message, at the object that lacks or has it.
+_AT = re.compile(r" - at `\$(?P<where>[^`]*)`$")
+_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
+_PART = re.compile(r"\.([^.\[]+)|\[(-?\d+)\]")
+
+
+def _msgspec_problem(exc: msgspec.ValidationError) -> FieldProblem:
+    text = str(exc)
+    at = _AT.search(text)
+    message = text[: at.start()] if at else text
+    path = tuple(a or b for a, b in _PART.findall(at["where"])) if at else ()
+    named = _NAMED.match(message)
+    if named:
+        path += (named["name"],)
+    return FieldProblem(path, message, None)
+
+
+def field_problems(exc: ValidationError | msgspec.ValidationError) -> list[FieldProblem]:
+    """Every entry of `exc` (pydantic's order; msgspec stops at its first), the first being the
+    one a caller names."""
+    if isinstance(exc, msgspec.ValidationError):
+        return [_msgspec_problem(exc)]
     return [
         FieldProblem(
             tuple(str(p) for p in err["loc"]), err["msg"], (err.get("ctx") or {}).get("error")

@@ -6,7 +6,7 @@ reference this reader is tested against.
 
 What keeps the generated code short per value: single-byte varints (every union branch, enum
 index, small number and string length under 64 bytes) are looked up in tables instead of
-decoded arithmetically, multi-byte ones go through one helper; records are built inline (no
+decoded arithmetically, multi-byte ones go through one helper; records are read inline (no
 call per record). A string length that runs past the end of the data is not checked per
 string: the position only moves forward, so the read fails at the next value, or the final
 position is past the end (`read` checks).
@@ -19,7 +19,7 @@ bits (fastavro wraps both around), a boolean byte other than 0 or 1, a negative 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from icareus_bridge.codec.errors import InvalidBoolean, OutOfRange
@@ -28,16 +28,15 @@ Reader = Callable[[bytes, int], tuple[Any, int]]
 
 
 @dataclass(frozen=True)
-class Instance:
-    """Build a record as an instance of `cls` without calling it: `object.__new__(cls)`, its
-    `__dict__` set to the record's fields (a fresh dict, in schema order), then `attributes`
-    set with `object.__setattr__` (e.g. the bookkeeping slots of a pydantic model)."""
+class Struct:
+    """Build a record by calling `cls` with its fields, inline: positionally when the schema's
+    fields are `cls.__struct_fields__` in that order, else by keyword (a msgspec Struct, or any
+    class whose constructor takes the schema's field names)."""
 
     cls: type
-    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
-Builder = Callable[[dict[str, Any]], Any] | Instance
+Builder = Callable[[dict[str, Any]], Any] | Struct
 
 # Single-byte zigzag varints: the byte itself is the encoding (high bit clear).
 _ZIGZAG = tuple((b >> 1) ^ -(b & 1) for b in range(128))
@@ -108,8 +107,6 @@ class _Compiler:
             "_seq": sequence,
             "_ZZ": _ZIGZAG,
             "_LEN": _LENGTH,
-            "_new": object.__new__,
-            "_set": object.__setattr__,
             "OutOfRange": OutOfRange,
             "InvalidBoolean": InvalidBoolean,
         }
@@ -238,17 +235,19 @@ class _Compiler:
         lines += [f"{inner}    {items}.append({item})", f"{ind}{out} = _seq({items})"]
         return lines
 
-    def build(self, full: str, out: str, fields: str, ind: str) -> list[str]:
+    def build(self, full: str, out: str, fields: list[tuple[str, str]], ind: str) -> list[str]:
+        """Lines building record `full` into `out` from its (field name, local) pairs."""
         how = self.builders.get(full, dict)
-        if not isinstance(how, Instance):
-            return [f"{ind}{out} = {self.constant('B', how)}({fields})"]
-        lines = [
-            f"{ind}{out} = _new({self.constant('C', how.cls)})",
-            f"{ind}_set({out}, '__dict__', {fields})",
-        ]
-        for name, value in how.attributes.items():
-            lines.append(f"{ind}_set({out}, {name!r}, {self.constant('A', value)})")
-        return lines
+        if isinstance(how, Struct):
+            cls = self.constant("C", how.cls)
+            names = tuple(name for name, _ in fields)
+            if names == tuple(getattr(how.cls, "__struct_fields__", ())):
+                args = ", ".join(local for _, local in fields)
+            else:
+                args = ", ".join(f"{name}={local}" for name, local in fields)
+            return [f"{ind}{out} = {cls}({args})"]
+        as_dict = ", ".join(f"{name!r}: {local}" for name, local in fields)
+        return [f"{ind}{out} = {self.constant('B', how)}({{{as_dict}}})"]
 
     def inline_record(self, schema: Mapping[str, Any], full: str, out: str, ind: str) -> list[str]:
         # Inline, not a call per record: no call and no (value, pos) tuple per array element.
@@ -256,13 +255,13 @@ class _Compiler:
         self.inlining.add(full)
         ns = full.rsplit(".", 1)[0] if "." in full else ""
         lines: list[str] = []
-        fields = []
+        fields: list[tuple[str, str]] = []
         for f in schema["fields"]:
             local = self.tmp()
             lines += self.value(f["type"], local, ind, ns)
-            fields.append(f"{f['name']!r}: {local}")
+            fields.append((str(f["name"]), local))
         self.inlining.discard(full)
-        return lines + self.build(full, out, f"{{{', '.join(fields)}}}", ind)
+        return lines + self.build(full, out, fields, ind)
 
     def record(self, schema: Mapping[str, Any], namespace: str) -> str:
         full = full_name(schema, namespace)
@@ -289,7 +288,7 @@ def compile_reader(
     """A reader of binary Avro bodies written with exactly `schema` (no resolution).
 
     `builders` maps a record's full name to what builds it from its fields: a callable taking
-    the field dict, or an `Instance` (built inline, no call); default: the dict itself.
+    the field dict, or a `Struct` (its class called inline); default: the dict itself.
     `enums` maps an enum's full name to the values standing for its symbols (default: the
     symbol strings); arrays become `sequence(list)`. The reader raises EOFError, IndexError,
     KeyError or ValueError (UnicodeDecodeError, `OutOfRange`, `InvalidBoolean`) on bytes that
@@ -310,4 +309,4 @@ def compile_reader(
     return read
 
 
-__all__ = ["Builder", "Instance", "Reader", "compile_reader", "full_name"]
+__all__ = ["Builder", "Reader", "Struct", "compile_reader", "full_name"]

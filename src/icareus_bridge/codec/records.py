@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import fastavro
+import msgspec
 from fastavro.schema import fingerprint, to_parsing_canonical_form
-from pydantic import ValidationError
 
 from icareus_bridge.codec.errors import (
     DecodeError,
@@ -33,7 +33,7 @@ from icareus_bridge.codec.errors import (
     UnsupportedSchema,
     field_problems,
 )
-from icareus_bridge.codec.reader import Instance, Reader, compile_reader
+from icareus_bridge.codec.reader import Reader, Struct, compile_reader
 from icareus_bridge.codec.writer import Writer, compile_writer
 from icareus_bridge.core.model import (
     AccountState,
@@ -49,8 +49,8 @@ from icareus_bridge.core.model import (
     Subscription,
     SubscriptionRecord,
     SubscriptionState,
+    plain,
     sorted_products,
-    trusted_attributes,
 )
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ def _event_models_reader(schema: SchemaVersion) -> Reader | None:
     if set(records) != set(models):
         return None
     for name, rec in records.items():
-        if {f["name"] for f in rec["fields"]} != set(models[name].model_fields):
+        if {f["name"] for f in rec["fields"]} != set(models[name].__struct_fields__):
             return None
     try:
         enum_values: dict[str, list[Any]] = {
@@ -201,9 +201,7 @@ def _event_models_reader(schema: SchemaVersion) -> Reader | None:
         return None
     return compile_reader(
         raw,
-        builders={
-            ns + name: Instance(model, trusted_attributes(model)) for name, model in models.items()
-        },
+        builders={ns + name: Struct(model) for name, model in models.items()},
         enums=enum_values,
     )
 
@@ -289,7 +287,7 @@ class Codec:
                 return header + writer(obj)
             buf = io.BytesIO()
             buf.write(header)
-            fastavro.schemaless_writer(buf, schema.parsed, obj)
+            fastavro.schemaless_writer(buf, schema.parsed, plain(obj))  # models as dicts
             return buf.getvalue()
         except (OutOfRange, OverflowError, TypeError, KeyError, AttributeError) as exc:
             raise EncodeError(record, _encode_failure(exc)) from exc
@@ -530,12 +528,12 @@ def default_codec() -> Codec:
 # --- validation (stage validate) -------------------------------------------------------------
 
 
-def _message_of(exc: ValidationError) -> str:
+def _message_of(exc: msgspec.ValidationError) -> str:
     return "; ".join(f"{p.field}: {p.message}" for p in field_problems(exc))
 
 
-def _invalid(exc: ValidationError) -> DecodeError:
-    """INVALID, naming the first field pydantic refused and listing every refusal."""
+def _invalid(exc: msgspec.ValidationError) -> DecodeError:
+    """INVALID, naming the first field refused and listing every refusal."""
     return DecodeError(DecodeReason.INVALID, _message_of(exc), field=field_problems(exc)[0].field)
 
 
@@ -553,7 +551,7 @@ def validate_event(obj: Mapping[str, Any]) -> LifecycleEvent:
     """A decoded event dict as a LifecycleEvent; DecodeError INVALID naming the field if not."""
     try:
         event = LifecycleEvent.model_validate(obj)
-    except ValidationError as exc:
+    except msgspec.ValidationError as exc:
         raise _invalid(exc) from exc
     return _check_action(event)
 
@@ -562,13 +560,11 @@ def validate_event_json(text: str | bytes) -> LifecycleEvent:
     """An event given as JSON (schema field names, null for absent options), strictly typed:
     a string where the schema has a long is an error, as it would be in Avro."""
     try:
-        event = LifecycleEvent.model_validate_json(text, strict=True)
-    except ValidationError as exc:
-        if exc.errors()[0]["type"] == "json_invalid":
-            raise DecodeError(
-                DecodeReason.MALFORMED, f"not valid JSON: {_message_of(exc)}"
-            ) from exc
+        event = LifecycleEvent.model_validate_json(text)
+    except msgspec.ValidationError as exc:
         raise _invalid(exc) from exc
+    except msgspec.DecodeError as exc:  # msgspec's base of ValidationError: not JSON at all
+        raise DecodeError(DecodeReason.MALFORMED, f"not valid JSON: {exc}") from exc
     return _check_action(event)
 
 
@@ -578,7 +574,7 @@ _M = TypeVar("_M", ProvisioningRequest, ProvisioningResult)
 def _validated(model: type[_M], obj: Any) -> _M:
     try:
         return model.model_validate(obj)
-    except ValidationError as exc:
+    except msgspec.ValidationError as exc:
         raise _invalid(exc) from exc
 
 
@@ -592,7 +588,7 @@ def state_to_avro(record: SubscriptionRecord) -> dict[str, Any]:
         "subscription_number": record.subscription_number,
         "last_version": record.last_version,
         "last_event_id": record.last_event_id,
-        "snapshot": record.snapshot.model_dump() if record.snapshot is not None else None,
+        "snapshot": record.snapshot,  # the compiled writer reads the model itself
         "accounts": [
             {
                 "distributor": a.distributor,
@@ -634,7 +630,7 @@ def state_from_avro(obj: Mapping[str, Any]) -> SubscriptionRecord:
                 "accounts": accounts,
             }
         )
-    except ValidationError as exc:
+    except msgspec.ValidationError as exc:
         raise _invalid(exc) from exc
 
 

@@ -1,7 +1,7 @@
 """Writers compiled from an Avro schema for the codec's hot path: the planner encodes every
 request, rejection result and state record it produces, so each current schema gets
 straight-line Python that writes the binary body from the record dict (as `model_dump` gives
-it) or from the pydantic model itself (its `__dict__`, which skips `model_dump`). fastavro
+it) or from the model itself (its attributes, which skips `model_dump`). fastavro
 remains the reference (tests compare both byte for byte) and the fallback for a schema shape
 this compiler does not handle (`UnsupportedSchema`). A long or int out of its type's range
 raises `OutOfRange` naming the field, where fastavro would refuse it or write what no strict
@@ -9,6 +9,7 @@ reader reads back."""
 
 from __future__ import annotations
 
+import keyword
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -197,28 +198,37 @@ class _Compiler:
             self.env[table] = {s: i for i, s in enumerate(schema["symbols"])}
             self.functions.append(f"def {name}(buf, value):\n    _long(buf, {table}[value])\n")
             return name
-        # Records come as dicts (model_dump) or as models, whose __dict__ holds the fields.
-        lines = [
-            f"def {name}(buf, rec):",
-            "    if rec.__class__ is not dict:",
-            "        rec = rec.__dict__",
-        ]
+        # Records come as dicts (model_dump) or as models, read by attribute.
+        lines = [f"def {name}(buf, rec):"]
+        from_dict: list[str] = []
+        from_model: list[str] = []
+        values: list[str] = []
         for f in schema["fields"]:
             fname = f["name"]
+            v = self.tmp()
+            values.append(v)
             if "default" in f:
                 default = self.tmp()
                 self.env[default] = f["default"]
-                expr = f"rec.get({fname!r}, {default})"
+                from_dict.append(f"        {v} = rec.get({fname!r}, {default})")
+                from_model.append(f"        {v} = getattr(rec, {fname!r}, {default})")
             else:
-                expr = f"rec[{fname!r}]"
-            v = self.tmp()
-            lines.append(f"    {v} = {expr}")
-            self.path = f"{schema['name']}.{fname}"
+                from_dict.append(f"        {v} = rec[{fname!r}]")
+                attr = f"rec.{fname}" if _plain_name(fname) else f"getattr(rec, {fname!r})"
+                from_model.append(f"        {v} = {attr}")
+        if values:
+            lines += ["    if rec.__class__ is dict:", *from_dict, "    else:", *from_model]
+        for f, v in zip(schema["fields"], values, strict=True):
+            self.path = f"{schema['name']}.{f['name']}"
             lines += self.emit(f["type"], v, "    ", own_ns)
-        if len(lines) == 3:
+        if len(lines) == 1:
             lines.append("    pass")
         self.functions.append("\n".join(lines) + "\n")
         return name
+
+
+def _plain_name(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)
 
 
 def compile_writer(schema: Mapping[str, Any]) -> Writer:

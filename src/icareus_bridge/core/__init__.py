@@ -30,7 +30,6 @@ if TYPE_CHECKING:
         SubscriptionState,
         product_order,
         sorted_products,
-        trusted_attributes,
     )
     from icareus_bridge.core.plan import account_key, plan
     from icareus_bridge.core.provider import CrossCheckError, Distributor, ProviderSettings
@@ -72,7 +71,6 @@ _EXPORTS: dict[str, str] = {
     "redact": "icareus_bridge.core.redaction",
     "rejection_result": "icareus_bridge.core.feedback",
     "sorted_products": "icareus_bridge.core.model",
-    "trusted_attributes": "icareus_bridge.core.model",
 }
 
 __all__ = [
@@ -109,7 +107,6 @@ __all__ = [
     "redact",
     "rejection_result",
     "sorted_products",
-    "trusted_attributes",
 ]
 
 __getattr__ = exports(__name__, _EXPORTS)

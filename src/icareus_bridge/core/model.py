@@ -1,23 +1,95 @@
 """The domain's vocabulary: CRM lifecycle events in, what the bridge knows about a subscription,
-and the Icareus provisioning requests and CRM rejections that `plan` decides. Pure data, no I/O."""
+and the Icareus provisioning requests and CRM rejections that `plan` decides. Pure data, no I/O.
+
+The models are msgspec Structs (frozen, slotted, untracked by the garbage collector): the
+planner builds and reads some twenty of them per event, and a Struct costs a fraction of a
+pydantic model to build and to read (docs/BENCHMARKS.md, "native event model"). Constructing
+one checks nothing; values from outside come in through `model_validate` /
+`model_validate_json` (strict: types, enum values, int64 bounds, no unknown fields) or through
+the codec, whose compiled reader builds them from bytes an Avro schema has already typed.
+`Model` gives them the small vocabulary the boundary's pydantic models have (`model_dump`,
+`model_copy`, `model_validate`, ...), so code reads the same on either side of the boundary.
+Pydantic stays at the boundaries: configuration, the simulator's and the archive's own models.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from collections.abc import Iterable
+from enum import Enum, StrEnum
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+import msgspec
 
 # Every integer of the records is written as an Avro long or int: a value outside int64 cannot
 # be written (or read back as itself), so it is refused wherever a model is validated.
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-Long = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+Long = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+
+ModelError = msgspec.ValidationError
+"""What `model_validate` raises: the message names the field (`- at `$.a.b[0]``)."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+def _dump(value: Any, json: bool) -> Any:
+    if isinstance(value, Model):
+        return value.model_dump(mode="json" if json else "python")
+    if isinstance(value, tuple | list):
+        items = [_dump(v, json) for v in value]
+        return items if json else tuple(items) if isinstance(value, tuple) else items
+    if isinstance(value, dict):
+        return {k: _dump(v, json) for k, v in value.items()}
+    if isinstance(value, frozenset | set):  # product ids: sets have no order, output must
+        return list(sorted_products(value))
+    if json and isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def plain(value: Any) -> Any:
+    """`value` with every model in it (at any depth) as its `model_dump()` dict."""
+    return _dump(value, False)
+
+
+class Model(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    """The base of every domain model. `gc=False` is safe: a model holds strings, numbers,
+    enums, tuples, frozensets, dicts and other models, never anything that refers back."""
+
+    def model_dump(
+        self,
+        *,
+        mode: str = "python",
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        """The fields as a dict, nested models as dicts (only the `include`d top-level fields,
+        without the `exclude`d ones). `mode="json"`: only JSON types (enums as their values,
+        tuples as lists). Product-id sets are lists in product order."""
+        json = mode == "json"
+        names: Iterable[str] = self.__struct_fields__
+        if include is not None:
+            names = [n for n in names if n in set(include)]
+        if exclude is not None:
+            names = [n for n in names if n not in set(exclude)]
+        return {name: _dump(getattr(self, name), json) for name in names}
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> Self:
+        """A copy with `update`'s fields replaced (not validated, as in pydantic)."""
+        return msgspec.structs.replace(self, **update) if update else self
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> Self:
+        """`obj` (a dict of builtins, nested dicts or models) as a validated model; raises
+        ModelError naming the field."""
+        return msgspec.convert(obj, cls, strict=True)
+
+    @classmethod
+    def model_validate_json(cls, text: str | bytes) -> Self:
+        """JSON text as a validated model, strictly typed; raises ModelError (msgspec's
+        DecodeError, its base, for text that is not JSON)."""
+        return msgspec.json.decode(text, type=cls, strict=True)
+
+    def model_dump_json(self) -> str:
+        return msgspec.json.encode(self.model_dump(mode="json")).decode()
 
 
 class SubscriptionState(StrEnum):
@@ -107,12 +179,12 @@ class RejectionCode(StrEnum):
 # --- the event CRM publishes (mirrors schemas/subscription_lifecycle_event.avsc) -------------
 
 
-class Action(_Frozen):
+class Action(Model, frozen=True):
     code: str
     classification: str | None = None
 
 
-class Subscriber(_Frozen):
+class Subscriber(Model, frozen=True):
     account_number: str
     first_name: str
     last_name: str
@@ -123,21 +195,21 @@ class Subscriber(_Frozen):
     city: str | None = None
 
 
-class Service(_Frozen):
+class Service(Model, frozen=True):
     id: str
     product_code: str
     state: ServiceState
     distributor: str | None = None
 
 
-class InstalledItem(_Frozen):
+class InstalledItem(Model, frozen=True):
     id: str
     serial_number: str
     physical_good_code: str
     distributor: str | None = None
 
 
-class Subscription(_Frozen):
+class Subscription(Model, frozen=True):
     id: str
     number: str
     version: Long
@@ -147,9 +219,9 @@ class Subscription(_Frozen):
     installed_items: tuple[InstalledItem, ...] = ()
 
 
-class LifecycleEvent(_Frozen):
+class LifecycleEvent(Model, frozen=True):
     event_id: str
-    occurred_at: Long = Field(description="epoch milliseconds")
+    occurred_at: Long  # epoch milliseconds
     action: Action
     subscription: Subscription
 
@@ -170,7 +242,7 @@ def sorted_products(product_ids: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(product_ids, key=product_order))
 
 
-class AccountState(_Frozen):
+class AccountState(Model, frozen=True):
     """One Icareus user: one per (subscription, Icareus distributor).
 
     `registered` means Icareus holds (or, with a pending ADD_USER, will hold) the user;
@@ -184,12 +256,7 @@ class AccountState(_Frozen):
     registration_rejected: bool = False
     user_id: str | None = None
     products: frozenset[str] = frozenset()  # Icareus product ids
-    devices: dict[str, str] = Field(default_factory=dict)  # serial number -> device type
-
-    @field_serializer("products")
-    def _products_in_order(self, products: frozenset[str]) -> list[str]:
-        # Sets have no order; JSON output (explain, status) must be stable.
-        return list(sorted_products(products))
+    devices: dict[str, str] = {}  # serial number -> device type (a fresh dict per model)
 
 
 # Fields of SubscriptionRecord that earlier versions carried and that are read and dropped:
@@ -197,7 +264,7 @@ class AccountState(_Frozen):
 RETIRED_STATE_FIELDS = ("parked_behind",)
 
 
-class SubscriptionRecord(_Frozen):
+class SubscriptionRecord(Model, frozen=True):
     """The state changelog value for one subscription (key: subscription id)."""
 
     subscription_id: str
@@ -206,22 +273,25 @@ class SubscriptionRecord(_Frozen):
     last_event_id: str | None = None
     snapshot: Subscription | None = None
     # distributor code -> account, in order of first appearance (viewing-point order)
-    accounts: dict[str, AccountState] = Field(default_factory=dict)
+    accounts: dict[str, AccountState] = {}
 
-    @model_validator(mode="before")
     @classmethod
-    def _without_retired_fields(cls, data: Any) -> Any:
+    def model_validate(cls, obj: Any) -> Self:
         # A state written before a field was retired (an older changelog record, an earlier
         # `explain` output given to --state) still reads; the retired field is dropped.
-        if isinstance(data, dict) and any(f in data for f in RETIRED_STATE_FIELDS):
-            return {k: v for k, v in data.items() if k not in RETIRED_STATE_FIELDS}
-        return data
+        if isinstance(obj, dict) and any(f in obj for f in RETIRED_STATE_FIELDS):
+            obj = {k: v for k, v in obj.items() if k not in RETIRED_STATE_FIELDS}
+        return super().model_validate(obj)
+
+    @classmethod
+    def model_validate_json(cls, text: str | bytes) -> Self:
+        return cls.model_validate(msgspec.json.decode(text))
 
 
 # --- what plan decides ----------------------------------------------------------------------
 
 
-class SubscriberProfile(_Frozen):
+class SubscriberProfile(Model, frozen=True):
     """The ADD_USER parameters; personal data, never logged."""
 
     first_name: str
@@ -233,7 +303,7 @@ class SubscriberProfile(_Frozen):
     city: str | None = None
 
 
-class ProvisioningRequest(_Frozen):
+class ProvisioningRequest(Model, frozen=True):
     request_id: str
     number: str
     type: RequestType
@@ -275,7 +345,7 @@ class ProvisioningRequest(_Frozen):
         return {"user_id": self.user_id, "device_id": self.device_id}
 
 
-class Rejection(_Frozen):
+class Rejection(Model, frozen=True):
     """A CRM error decided by the planner: nothing is sent, CRM sees it as a REJECTED result.
 
     Shares the request id / number / sequence space of its plan (it follows the requests)."""
@@ -299,7 +369,7 @@ class SkipReason(StrEnum):
     DUPLICATE_EVENT = "DUPLICATE_EVENT"
 
 
-class Decision(_Frozen):
+class Decision(Model, frozen=True):
     """What `plan` decided for one event. `state` assumes every planned request completes;
     rejected things are not applied. `skipped` says why an event changed nothing at all."""
 
@@ -312,7 +382,7 @@ class Decision(_Frozen):
 # --- what CRM sees (mirrors schemas/provisioning_result.avsc) ---------------------------------
 
 
-class ProvisioningResult(_Frozen):
+class ProvisioningResult(Model, frozen=True):
     """The outcome of one request: COMPLETED or REJECTED by Icareus (dispatcher, attempts >= 1)
     or REJECTED by the planner (attempts 0, nothing sent). Also the planner's feedback input:
     the call parameters are carried so the known state can be corrected from the result alone."""
@@ -340,53 +410,3 @@ class ProvisioningResult(_Frozen):
     product_ids: tuple[str, ...] = ()
     device_id: str | None = None
     device_type: str | None = None
-
-
-# --- construction without validation, for the hot path ----------------------------------------
-
-_M = TypeVar("_M", bound=BaseModel)
-_set = object.__setattr__
-
-
-def trusted_attributes(cls: type[BaseModel]) -> dict[str, Any]:
-    """The bookkeeping attributes of a `cls` instance built without validation (besides its
-    `__dict__` of fields): every field counts as set, no extra fields, no private attributes.
-
-    The fields-set is one set shared by every instance built with it: frozen models never
-    change it in place (model_copy copies it before recording updated fields)."""
-    return {
-        "__pydantic_fields_set__": set(cls.model_fields),
-        "__pydantic_extra__": None,
-        "__pydantic_private__": None,
-    }
-
-
-def _slot_setter(name: str) -> Callable[[BaseModel, Any], None]:
-    setter: Callable[[BaseModel, Any], None] = BaseModel.__dict__[name].__set__
-    return setter
-
-
-def trusted_builder(cls: type[_M]) -> Callable[[dict[str, Any]], _M]:
-    """A constructor of `cls` from a dict holding *every* field, already of the right type.
-
-    What `model_construct` does, minus its per-field default and alias handling (which costs
-    more than the rest of `plan`). Only for values the code itself produced or that an Avro
-    schema already typed; everything arriving from outside goes through validation."""
-    attributes = trusted_attributes(cls)
-    fields_set = attributes["__pydantic_fields_set__"]
-    new = object.__new__
-    # BaseModel's own slots, set through their descriptors (what object.__setattr__ ends in,
-    # without looking the name up each time).
-    set_fields_set = _slot_setter("__pydantic_fields_set__")
-    set_extra = _slot_setter("__pydantic_extra__")
-    set_private = _slot_setter("__pydantic_private__")
-
-    def build(values: dict[str, Any]) -> _M:
-        m = new(cls)
-        _set(m, "__dict__", values)
-        set_fields_set(m, fields_set)
-        set_extra(m, None)
-        set_private(m, None)
-        return m
-
-    return build

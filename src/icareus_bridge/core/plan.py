@@ -13,7 +13,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from hashlib import sha1
-from typing import NamedTuple
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 from icareus_bridge.core.model import (
     EFFECTIVE_SERVICE_STATES,
@@ -35,7 +37,6 @@ from icareus_bridge.core.model import (
     SubscriptionRecord,
     SubscriptionState,
     sorted_products,
-    trusted_builder,
 )
 from icareus_bridge.core.provider import ProviderSettings
 
@@ -73,22 +74,29 @@ _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 def _uuid5(name: str) -> str:
     # str(uuid.uuid5(REQUEST_ID_NAMESPACE, name)) without building UUID objects (hot path): the
     # SHA-1 hex digest with the version digit (5) and the variant bits set by hand.
-    x = sha1(_NAMESPACE_BYTES + name.encode()).hexdigest()
+    return _uuid_text(sha1(_NAMESPACE_BYTES + name.encode()).hexdigest())
+
+
+def _uuid_text(x: str) -> str:
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
+
+
+def _request_ids(subscription_id: str, version: int, count: int) -> list[str]:
+    """`request_id(subscription_id, version, seq)` for seq 1..count; the digest of the common
+    prefix is taken once and copied for each sequence number."""
+    head = sha1(_NAMESPACE_BYTES + f"{subscription_id}:{version}:".encode())
+    ids = []
+    for seq in range(1, count + 1):
+        h = head.copy()
+        h.update(b"%d" % seq)
+        ids.append(_uuid_text(h.hexdigest()))
+    return ids
 
 
 def request_id(subscription_id: str, version: int, sequence: int) -> str:
     """Derived request id, uuid5 of `<subscription id>:<version>:<sequence>` in
     REQUEST_ID_NAMESPACE: the same event on the same state always yields the same ids."""
     return _uuid5(f"{subscription_id}:{version}:{sequence}")
-
-
-_account = trusted_builder(AccountState)
-_record = trusted_builder(SubscriptionRecord)
-_decision = trusted_builder(Decision)
-_request = trusted_builder(ProvisioningRequest)
-_rejection = trusted_builder(Rejection)
-_profile = trusted_builder(SubscriberProfile)
 
 
 def request_number(subscription_number: str, version: int, sequence: int) -> str:
@@ -107,6 +115,9 @@ class _ProviderView:
     max_accounts: int
     effective: bool
     rank: dict[str, int]  # mapped Icareus product id -> its place in `sorted_products` order
+    # Icareus distributor -> {CRM product code -> Icareus product id} of its allowed, mapped
+    # codes: one lookup per service decides (a miss is a problem, `_Wants._refused`).
+    product_on: dict[str, dict[str, str]]
 
 
 _VIEWS: dict[int, tuple[ProviderSettings, _ProviderView]] = {}
@@ -118,11 +129,12 @@ def _view(provider: ProviderSettings) -> _ProviderView:
     hit = _VIEWS.get(id(provider))
     if hit is not None and hit[0] is provider:
         return hit[1]
+    allowed = {
+        d.code: frozenset(d.allowed_products) if d.allowed_products else None
+        for d in provider.distributors
+    }
     view = _ProviderView(
-        allowed={
-            d.code: frozenset(d.allowed_products) if d.allowed_products else None
-            for d in provider.distributors
-        },
+        allowed=allowed,
         services=dict(provider.service_mapping),
         goods=dict(provider.physical_goods_mapping),
         max_accounts=provider.max_viewing_points,
@@ -130,6 +142,14 @@ def _view(provider: ProviderSettings) -> _ProviderView:
         rank={
             pid: k
             for k, pid in enumerate(sorted_products(tuple(set(provider.service_mapping.values()))))
+        },
+        product_on={
+            d: {
+                code: pid
+                for code, pid in provider.service_mapping.items()
+                if codes is None or code in codes
+            }
+            for d, codes in allowed.items()
         },
     )
     if len(_VIEWS) > 64:
@@ -165,14 +185,6 @@ def _wanted_service_keys(sub: Subscription | None) -> set[tuple[str, str | None,
     }
 
 
-def _item_keys(sub: Subscription | None) -> set[tuple[str, str | None, str, str]]:
-    if sub is None or sub.state in TERMINATED_SUBSCRIPTION_STATES:
-        return set()
-    return {
-        (i.id, i.distributor, i.serial_number, i.physical_good_code) for i in sub.installed_items
-    }
-
-
 class _Wants:
     """Per Icareus distributor, what Icareus should hold after the event; and, computed only
     when a rejection needs it, what of it the event touched (newly wanted compared with the
@@ -187,8 +199,9 @@ class _Wants:
         self.devices: dict[str, dict[str, str]] = {}
         self.order: dict[str, None] = {}  # distributors wanting something, first appearance
         self.problems: list[_Problem] = []
+        self._same_s: frozenset[Service] | None = None
         self._before_s: set[tuple[str, str | None, str]] | None = None
-        self._before_i: set[tuple[str, str | None, str, str]] | None = None
+        self._before_i: frozenset[InstalledItem] | None = None
         self._before: _Wants | None = None
         if sub.state not in TERMINATED_SUBSCRIPTION_STATES:
             if sub.state in EFFECTIVE_SUBSCRIPTION_STATES:
@@ -196,18 +209,30 @@ class _Wants:
             self._collect_items(view)
 
     def service_touched(self, s: Service) -> bool:
-        if self.previous is None:
+        """Whether the event newly wants effective service `s`: no effective service of the
+        previous snapshot had its id, distributor and product code."""
+        previous = self.previous
+        if previous is None:
             return True
+        if self._same_s is None:  # first, the common case: s is unchanged (equal as a whole)
+            wanted = previous.state in EFFECTIVE_SUBSCRIPTION_STATES
+            self._same_s = frozenset(previous.services) if wanted else frozenset()
+        if s in self._same_s and s.state in EFFECTIVE_SERVICE_STATES:
+            return False
         if self._before_s is None:
-            self._before_s = _wanted_service_keys(self.previous)
+            self._before_s = _wanted_service_keys(previous)
         return (s.id, s.distributor, s.product_code) not in self._before_s
 
     def item_touched(self, i: InstalledItem) -> bool:
-        if self.previous is None:
+        """Whether the previous snapshot (unless terminated) lacked item `i`: its key is every
+        field, so equality as a whole decides."""
+        previous = self.previous
+        if previous is None:
             return True
         if self._before_i is None:
-            self._before_i = _item_keys(self.previous)
-        return (i.id, i.distributor, i.serial_number, i.physical_good_code) not in self._before_i
+            kept = previous.state not in TERMINATED_SUBSCRIPTION_STATES
+            self._before_i = frozenset(previous.installed_items) if kept else frozenset()
+        return i not in self._before_i
 
     def before(self, view: _ProviderView) -> _Wants | None:
         """What the previous snapshot wanted (None without one, as for a reset)."""
@@ -241,8 +266,7 @@ class _Wants:
     def _collect_services(self, view: _ProviderView) -> None:
         """The mapped, allowed products of the effective services, per Icareus distributor;
         a touched service that is not allowed or not mapped is a problem."""
-        allowed_by = view.allowed
-        services = view.services
+        product_on = view.product_on
         products = self.products
         order = self.order
         effective = EFFECTIVE_SERVICE_STATES
@@ -250,35 +274,41 @@ class _Wants:
             d = s.distributor
             if d is None or s.state not in effective:
                 continue
-            allowed = allowed_by.get(d, _OTHER)
-            if allowed is _OTHER:
+            table = product_on.get(d)
+            if table is None:  # another provider's distributor
                 continue
-            code = s.product_code
-            if allowed is not None and code not in allowed:
-                if self.service_touched(s):
-                    self._problem(
-                        RejectionCode.PRODUCT_NOT_ALLOWED,
-                        RequestType.ACTIVATE_PRODUCTS,
-                        d,
-                        f"service {s.id}: product {code} is not allowed on {d}",
-                    )
-                continue
-            pid = services.get(code)
+            pid = table.get(s.product_code)
             if pid is None:
-                if self.service_touched(s):
-                    self._problem(
-                        RejectionCode.UNMAPPED_PRODUCT,
-                        RequestType.ACTIVATE_PRODUCTS,
-                        d,
-                        f"service {s.id}: product {code} has no Icareus product id",
-                    )
+                self._refused(s, d, view)
                 continue
-            order[d] = None
             held = products.get(d)
             if held is None:
                 products[d] = {pid}
+                order[d] = None
             else:
                 held.add(pid)
+
+    def _refused(self, s: Service, d: str, view: _ProviderView) -> None:
+        """A service on our distributor `d` whose product is not allowed there or not mapped:
+        a problem if the event touched it."""
+        if not self.service_touched(s):
+            return
+        code = s.product_code
+        allowed = view.allowed[d]
+        if allowed is not None and code not in allowed:
+            self._problem(
+                RejectionCode.PRODUCT_NOT_ALLOWED,
+                RequestType.ACTIVATE_PRODUCTS,
+                d,
+                f"service {s.id}: product {code} is not allowed on {d}",
+            )
+        else:
+            self._problem(
+                RejectionCode.UNMAPPED_PRODUCT,
+                RequestType.ACTIVATE_PRODUCTS,
+                d,
+                f"service {s.id}: product {code} has no Icareus product id",
+            )
 
     def _collect_items(self, view: _ProviderView) -> None:
         """The devices (serial number -> device type) of the mapped installed items, per
@@ -313,7 +343,7 @@ class _Wants:
         self.problems.append(_Problem(code, rtype, d, detail))
 
 
-class _Problem(NamedTuple):
+class _Problem(Struct, frozen=True, gc=False):
     """A CRM error the snapshot shows on a distributor (reported as a rejection)."""
 
     code: RejectionCode
@@ -325,8 +355,9 @@ class _Problem(NamedTuple):
 # --- the plan --------------------------------------------------------------------------------
 
 
-class _Draft(NamedTuple):
-    """A request before it gets its place (sequence, id, number) in the plan."""
+class _Draft(Struct, frozen=True, gc=False):
+    """A request before it gets its place (sequence, id, number) in the plan. Drafts, like the
+    models, are Structs the collector does not track (a plan makes a few per event)."""
 
     type: RequestType
     distributor: str
@@ -337,7 +368,7 @@ class _Draft(NamedTuple):
     device_type: str | None = None
 
 
-class _Rejected(NamedTuple):
+class _Rejected(Struct, frozen=True, gc=False):
     """A rejection before it gets its place: the request it refuses, with code and detail."""
 
     draft: _Draft
@@ -408,7 +439,7 @@ def plan(
     state = _known_state(state, sub)
     skipped = _skip_reason(state, event, is_reset)  # 1
     if skipped is not None:
-        return _decision({"state": state, "requests": (), "rejections": (), "skipped": skipped})
+        return Decision(state, (), (), skipped)
     view = _view(provider)
     wants = _Wants(sub, None if is_reset else state.snapshot, view)  # 2
     drafts = _no_drafts()
@@ -438,34 +469,21 @@ def plan(
         requests = []
         accounts = dict(state.accounts)
     placed, rejections = _place(requests, rejected, event, is_reset)
-    new_state = _record(
-        {
-            "subscription_id": state.subscription_id,
-            "subscription_number": sub.number,
-            "last_version": max(state.last_version, sub.version),
-            "last_event_id": event.event_id,
-            "snapshot": sub,
-            "accounts": accounts,
-        }
+    new_state = SubscriptionRecord(
+        state.subscription_id,
+        sub.number,
+        max(state.last_version, sub.version),
+        event.event_id,
+        sub,
+        accounts,
     )
-    return _decision(
-        {"state": new_state, "requests": placed, "rejections": rejections, "skipped": None}
-    )
+    return Decision(new_state, placed, rejections, None)
 
 
 def _known_state(state: SubscriptionRecord | None, sub: Subscription) -> SubscriptionRecord:
     """The state to plan from: the given one (of the event's subscription), or a new one."""
     if state is None:
-        return _record(
-            {
-                "subscription_id": sub.id,
-                "subscription_number": sub.number,
-                "last_version": -1,
-                "last_event_id": None,
-                "snapshot": None,
-                "accounts": {},
-            }
-        )
+        return SubscriptionRecord(sub.id, sub.number, -1, None, None, {})
     if state.subscription_id != sub.id:
         # A caller's mistake, never the event's: the state is looked up by the event's key.
         raise ValueError(
@@ -557,29 +575,17 @@ def _plan_account(
         out.remove_users.append(_Draft(_REMOVE_USER, d, key, acc.user_id))
         return
     if not (same_products and same_devices):
-        acc = _account(
-            {
-                **acc.__dict__,
-                "products": acc.products if same_products else frozenset(target_products),
-                "devices": acc.devices if same_devices else dict(target_devices),
-            }
+        acc = replace(
+            acc,
+            products=acc.products if same_products else frozenset(target_products),
+            devices=acc.devices if same_devices else dict(target_devices),
         )
     out.accounts[d] = acc
 
 
 def _new_account(d: str, key: str) -> AccountState:
     """An account registered by this plan: nothing held yet, user id unknown."""
-    return _account(
-        {
-            "distributor": d,
-            "account_key": key,
-            "registered": True,
-            "registration_rejected": False,
-            "user_id": None,
-            "products": _NOTHING,
-            "devices": {},
-        }
-    )
+    return AccountState(d, key, True, False, None, _NOTHING, {})
 
 
 def _not_registered(
@@ -652,62 +658,50 @@ def _place(
     if is_reset:
         ids = _reset_ids(drafts + [r.draft for r in rejected], event)
     else:
-        ids = [request_id(sid, version, seq) for seq in range(1, len(drafts) + len(rejected) + 1)]
+        ids = _request_ids(sid, version, len(drafts) + len(rejected))
     profile = None
     if drafts and drafts[0].type is _ADD_USER:  # ADD_USERs come first, all with one profile
         profile = _profile_of(sub.subscriber)
     requests = tuple(
         [
-            _request(
-                {
-                    "request_id": ids[seq - 1],
-                    "number": request_number(sub_number, version, seq),
-                    "type": rtype,
-                    "subscription_id": sid,
-                    "subscription_number": sub_number,
-                    "distributor": distributor,
-                    "account_key": account,
-                    "event_id": event_id,
-                    "action_code": code,
-                    "sequence": seq,
-                    "created_at": at,
-                    "user_id": user_id,
-                    "product_ids": product_ids,
-                    "device_id": device_id,
-                    "device_type": device_type,
-                    "profile": profile if rtype is _ADD_USER else None,
-                }
+            ProvisioningRequest(
+                ids[seq - 1],
+                request_number(sub_number, version, seq),
+                d.type,
+                sid,
+                sub_number,
+                d.distributor,
+                d.account_key,
+                event_id,
+                code,
+                seq,
+                at,
+                d.user_id,
+                d.product_ids,
+                d.device_id,
+                d.device_type,
+                profile if d.type is _ADD_USER else None,
             )
-            for seq, (
-                rtype,
-                distributor,
-                account,
-                user_id,
-                product_ids,
-                device_id,
-                device_type,
-            ) in enumerate(drafts, 1)
+            for seq, d in enumerate(drafts, 1)
         ]
     )
     if not rejected:
         return requests, ()
     rejections = tuple(
         [
-            _rejection(
-                {
-                    "request_id": ids[seq - 1],
-                    "number": request_number(sub_number, version, seq),
-                    "type": r.draft.type,
-                    "code": r.code,
-                    "distributor": r.draft.distributor,
-                    "account_key": r.draft.account_key,
-                    "detail": r.detail,
-                    "sequence": seq,
-                    "user_id": r.draft.user_id,
-                    "product_ids": r.draft.product_ids,
-                    "device_id": r.draft.device_id,
-                    "device_type": r.draft.device_type,
-                }
+            Rejection(
+                ids[seq - 1],
+                request_number(sub_number, version, seq),
+                r.draft.type,
+                r.code,
+                r.draft.distributor,
+                r.draft.account_key,
+                r.detail,
+                seq,
+                r.draft.user_id,
+                r.draft.product_ids,
+                r.draft.device_id,
+                r.draft.device_type,
             )
             for seq, r in enumerate(rejected, len(drafts) + 1)
         ]
@@ -732,16 +726,8 @@ def _reset_ids(drafts: list[_Draft], event: LifecycleEvent) -> list[str]:
 
 def _profile_of(s: Subscriber) -> SubscriberProfile:
     """The ADD_USER parameters: the subscriber of the event's snapshot."""
-    return _profile(
-        {
-            "first_name": s.first_name,
-            "last_name": s.last_name,
-            "email": s.email,
-            "phone": s.phone,
-            "country_code": s.country_code,
-            "postal_code": s.postal_code,
-            "city": s.city,
-        }
+    return SubscriberProfile(
+        s.first_name, s.last_name, s.email, s.phone, s.country_code, s.postal_code, s.city
     )
 
 

@@ -10,9 +10,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
 from pydantic import BaseModel
 
 REDACTED = "<redacted>"
+
+# Objects shown only as their fields: the domain models (msgspec Structs) and pydantic models.
+MODELS = (BaseModel, msgspec.Struct)
+
+
+def as_fields(model: BaseModel | msgspec.Struct) -> Any:
+    """A model's fields in JSON types: what redaction walks instead of the object."""
+    if isinstance(model, BaseModel):
+        return model.model_dump(mode="json")
+    dump = getattr(model, "model_dump", None)
+    return dump(mode="json") if dump is not None else msgspec.to_builtins(model)
 
 
 def redact(
@@ -24,8 +36,8 @@ def redact(
     max_depth: int | None = None,
 ) -> Any:
     """A copy of `value` with the values of `sensitive` keys replaced by REDACTED, recursing into
-    mappings, lists and tuples (as lists); a pydantic model (a domain object) is redacted as its
-    `model_dump`, never shown whole.
+    mappings, lists and tuples (as lists); a model (a domain object, or a pydantic model) is
+    redacted as its fields (`as_fields`), never shown whole.
 
     `keep_empty`: a sensitive key whose value is None or "" keeps it (there is nothing to hide).
     `text`: applied to every other string (e.g. to mask e-mail addresses inside messages).
@@ -33,9 +45,9 @@ def redact(
 
     def walk(v: Any, depth: int) -> Any:
         if max_depth is not None and depth > max_depth:
-            return REDACTED if isinstance(v, Mapping | list | tuple | BaseModel) else v
-        if isinstance(v, BaseModel):
-            v = v.model_dump(mode="json")
+            return REDACTED if isinstance(v, (Mapping, list, tuple, *MODELS)) else v
+        if isinstance(v, MODELS):
+            v = as_fields(v)
         if isinstance(v, Mapping):
             return {
                 k: (
@@ -54,4 +66,4 @@ def redact(
     return walk(value, 0)
 
 
-__all__ = ["REDACTED", "redact"]
+__all__ = ["MODELS", "REDACTED", "as_fields", "redact"]

@@ -4,7 +4,7 @@ version beyond Avro's long, ten thousand items). A broken rule is `DecodeError(I
 message starts with the field: the planner dead-letters the event, `explain` exits 2.
 
 Every path into the planner comes through here, the compiled reader's included (it builds the
-models without pydantic validation), so these checks are the ones that hold for every event.
+models without validating them), so these checks are the ones that hold for every event.
 Messages name fields and sizes, never values of the subscriber (personal data)."""
 
 from __future__ import annotations

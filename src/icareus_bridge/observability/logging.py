@@ -17,9 +17,8 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
-from pydantic import BaseModel
 
-from icareus_bridge.core.redaction import REDACTED
+from icareus_bridge.core.redaction import MODELS, REDACTED
 from icareus_bridge.core.redaction import redact as redact_with
 
 # Keys whose values are personal data or secrets; matched case-insensitively on the whole key
@@ -69,7 +68,7 @@ def _is_sensitive(key: str) -> bool:
 
 def redact(value: Any) -> Any:
     """A copy of `value` with sensitive keys' values replaced, recursing into mappings/lists;
-    a pydantic model (a domain object) is redacted as its `model_dump`, never shown whole; what
+    a model (a domain object) is redacted as its fields, never shown whole; what
     lies deeper than 8 levels is not shown at all."""
     return redact_with(value, _is_sensitive, max_depth=8)
 
@@ -83,7 +82,7 @@ def redaction_processor(
             continue
         if _is_sensitive(k):
             event_dict[k] = REDACTED
-        elif isinstance(event_dict[k], Mapping | list | tuple | BaseModel):
+        elif isinstance(event_dict[k], (Mapping, list, tuple, *MODELS)):
             event_dict[k] = redact(event_dict[k])
     return event_dict
 

@@ -10,12 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from icareus_bridge.codec import DecodeError, default_codec, validate_event_json
 from icareus_bridge.codec.errors import field_problems
 from icareus_bridge.config import load_settings
-from icareus_bridge.core.model import Decision, SubscriptionRecord
+from icareus_bridge.core.model import Decision, ModelError, SubscriptionRecord
 from icareus_bridge.core.plan import plan
 from icareus_bridge.core.redaction import redact
 from icareus_bridge.core.validation import check_event, check_event_size, check_state_of
@@ -89,7 +87,7 @@ def _load_state(path: Path) -> SubscriptionRecord:
         raw = raw["state"]
     try:
         return SubscriptionRecord.model_validate(raw)
-    except ValidationError as exc:
+    except ModelError as exc:
         first = field_problems(exc)[0]
         raise _BadInput(f"--state: {path}: field {first.field}: {first.message}") from exc
 

@@ -5,7 +5,7 @@ kafka/state.py): its reads see its own writes first, and the store takes the wri
 the batch's Kafka transaction has committed.
 
 Values are kept as the encoded changelog bytes and decoded on access: a million subscriptions
-fit in well under the memory a million decoded pydantic objects would take. A small bounded
+fit in well under the memory a million decoded models would take. A small bounded
 cache keeps recently used subscriptions decoded."""
 
 from __future__ import annotations
