@@ -46,7 +46,7 @@ demo: setup
 
 # Each benchmark in turn (output also in bench/out/<name>.txt), about 15 minutes; e2e_bench
 # reads the HTTP ceiling from icareus_bench's figures. Fails at the end if any of them failed.
-BENCHES := plan_bench icareus_bench planner_bench status_bench restart_bench e2e_bench
+BENCHES := plan_bench plan_ab icareus_bench planner_bench status_bench restart_bench e2e_bench
 bench: setup
 	@mkdir -p bench/out; failed=""; \
 	for b in $(BENCHES); do \

@@ -389,7 +389,7 @@ class Codec:
     # -- typed --------------------------------------------------------------------------------
 
     def encode_event(self, event: LifecycleEvent) -> bytes:
-        return self.encode(EVENT, event.model_dump())
+        return self._encode_model(EVENT, event)
 
     def decode_event(self, data: bytes) -> LifecycleEvent:
         """Decode and validate one CRM event; DecodeError (stage decode or validate) if not.

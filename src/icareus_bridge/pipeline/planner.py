@@ -313,6 +313,7 @@ class Planner:
         self._ready = False
         self._last_lag_at = 0.0
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._tally: dict[tuple[Any, tuple[str, ...]], int] = {}
         self._brokers_down = False
         self._last_broker_check = 0.0
         # Set by the rebalance callbacks, acted on by the loop (never inside a callback).
@@ -513,8 +514,11 @@ class Planner:
             self._rejoin(reason)
         max_n = self.settings.planner.batch_max_events
         msgs = self._poll(max_n, wait=self._checkpoint.empty)
-        for rec in msgs:
-            self._handle(rec)
+        try:
+            for rec in msgs:
+                self._handle(rec)
+        finally:
+            self._add_tally()
         cp = self._checkpoint
         # Commit as soon as the consumer has nothing more at hand (the previous commit has
         # finished: it runs in this thread), or the batch is full or old. Under load the
@@ -584,13 +588,20 @@ class Planner:
         self._count(rec, h)
 
     def _inc(self, counter: Any, *labels: str) -> None:
-        # prometheus_client's labels() costs more than the planning of a small event: cache
-        # the children (the label sets are few: action codes, types, reasons).
-        key = (id(counter), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = counter.labels(*labels)
-        child.inc()
+        # prometheus_client's labels() costs more than the planning of a small event, and each
+        # inc() takes a lock: counts are tallied per poll and added once (`_add_tally`, at the
+        # end of every step), to children cached per label set (few: codes, types, reasons).
+        key = (counter, labels)
+        self._tally[key] = self._tally.get(key, 0) + 1
+
+    def _add_tally(self) -> None:
+        for (counter, labels), n in self._tally.items():
+            key = (id(counter), labels)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = counter.labels(*labels)
+            child.inc(n)
+        self._tally.clear()
 
     def _count(self, rec: ConsumedRecord, h: Handled) -> None:
         m = self.metrics
@@ -650,6 +661,7 @@ class Planner:
                 error=refusal.error,
                 truncated=refusal.truncated,
             )
+        self._add_tally()
         self.metrics.transactions.labels(ROLE, "committed").inc()
         self.metrics.transaction_events.labels(ROLE).observe(stats.input_records)
         self.metrics.transaction_seconds.labels(ROLE).observe(stats.seconds)
