@@ -417,7 +417,7 @@ def test_inbound_decode_reads_the_registry_format(registry_url: str) -> None:
     assert reader.decode_inbound(codec.encode_event(reset)) == reset
 
 
-# --- the one reading of a pydantic ValidationError -----------------------------------------
+# --- the one reading of a validation error (pydantic's, msgspec's) --------------------------
 
 
 def test_field_problems_name_each_refusal_by_its_dotted_path() -> None:
@@ -449,3 +449,45 @@ def test_field_problems_name_each_refusal_by_its_dotted_path() -> None:
     with pytest.raises(ValidationError) as err:
         Outer.model_validate([])
     assert field_problems(err.value)[0].field == "<root>"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"subscription": {"version": "7"}}, "subscription.version", "Expected `int`, got `str`"),
+        (
+            {"subscription": {"services": [{"id": "s", "product_code": "P", "state": "NOPE"}]}},
+            "subscription.services.0.state",
+            "Invalid enum value 'NOPE'",
+        ),
+        (
+            {"subscription": {"subscriber": {"first_name": "A"}}},
+            "subscription.subscriber.account_number",
+            "Object missing required field `account_number`",
+        ),
+        ({"surprise": 1}, "surprise", "Object contains unknown field `surprise`"),
+        ({"occurred_at": 2**63}, "occurred_at", "Expected `int` <= 9223372036854775807"),
+    ],
+)
+def test_a_model_refusal_names_its_field_by_its_dotted_path(
+    change: dict[str, Any], field: str, message: str
+) -> None:
+    from icareus_bridge.codec.errors import field_problems
+    from icareus_bridge.core.model import ModelError
+
+    good = event("BECOME_SUBSCRIBER", subscription(7, [svc("a", "BASIC-TV", "VP1")])).model_dump(
+        mode="json"
+    )
+    bad = {**good, **change}
+    if "subscription" in change:
+        sub = {**good["subscription"], **change["subscription"]}
+        if "subscriber" in change["subscription"]:
+            sub["subscriber"] = change["subscription"]["subscriber"]
+        bad["subscription"] = sub
+    with pytest.raises(ModelError) as err:
+        LifecycleEvent.model_validate(bad)
+    (problem,) = field_problems(err.value)
+    assert problem.field == field and problem.message == message and problem.cause is None
+    with pytest.raises(DecodeError) as decoded:
+        validate_event(bad)
+    assert decoded.value.field == field and decoded.value.reason is DecodeReason.INVALID
