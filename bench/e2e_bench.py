@@ -681,17 +681,22 @@ NOTES_TEMPLATE = """\
 {split_table}
 
   planner: produced (the benchmark's `produce()` call, its producer's 2 ms linger included) → a
-  read_committed consumer of the requests topic has the request (`planner.batch_max_ms` wait,
-  plan, transaction); receipt: → the call reaches the simulator
+  read_committed consumer of the requests topic has the request (poll, plan, the planner's
+  transaction, which begins as soon as the one before has ended); receipt: → the call reaches
+  the simulator
   (its call log, by idempotency key = request id; the dispatcher reads the committed request
   and sends); call: → the result's `executed_at` (the dispatcher's clock once answered);
   wait: → the result record's timestamp (the finished result waits for the dispatcher's next
-  transaction, `dispatcher.commit_interval_ms`); commit: → a read_committed consumer has the
+  transaction: until the one in flight ends); commit: → a read_committed consumer has the
   result (the transaction's produce, offsets and commit). Percentiles of stages do not add up
   to the whole's.
   The bridge's own `icareus_bridge_event_to_result_seconds` histogram is observed when a
   request finishes (`Dispatcher._count_result`), before its result is produced and committed:
-  it leaves out `wait` and `commit`, and is not what CRM sees.
+  it leaves out `wait` and `commit`, and is not what CRM sees. Beside it,
+  `icareus_bridge_event_to_committed_result_seconds` is observed when the dispatcher's
+  transaction holding the result has committed (`Dispatcher._committed`): the time to a result
+  CRM can read, from the event's `occurred_at` (CRM's clock, so in production it includes CRM's
+  own delay before producing).
 - Latency against offered load (run 1; `max` = that run's sustained throughput), ms:
 
 {curve_table}

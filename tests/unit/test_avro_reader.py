@@ -85,23 +85,25 @@ def test_refuses_what_does_not_decode(data: bytes) -> None:
         READ(data, 0)
 
 
+SERVICE_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "Service",
+    "namespace": "t",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "product_code", "type": "string"},
+        {
+            "name": "state",
+            "type": {"type": "enum", "name": "S", "symbols": [s.value for s in ServiceState]},
+        },
+        {"name": "distributor", "type": ["null", "string"]},
+    ],
+}
+
+
 def test_structs_are_built_inline_as_the_model_would_hold_them() -> None:
-    schema = {
-        "type": "record",
-        "name": "Service",
-        "namespace": "t",
-        "fields": [
-            {"name": "id", "type": "string"},
-            {"name": "product_code", "type": "string"},
-            {
-                "name": "state",
-                "type": {"type": "enum", "name": "S", "symbols": [s.value for s in ServiceState]},
-            },
-            {"name": "distributor", "type": ["null", "string"]},
-        ],
-    }
     read = compile_reader(
-        schema,
+        SERVICE_SCHEMA,
         builders={"t.Service": Struct(Service)},
         enums={"t.S": list(ServiceState)},
     )
@@ -117,19 +119,12 @@ def test_structs_are_built_inline_as_the_model_would_hold_them() -> None:
 
 
 def test_a_struct_whose_fields_are_in_another_order_is_built_by_keyword() -> None:
-    schema = {
-        "type": "record",
-        "name": "Service",
-        "namespace": "t",
-        "fields": [
-            {"name": "product_code", "type": "string"},
-            {"name": "id", "type": "string"},
-            {"name": "state", "type": "string"},
-            {"name": "distributor", "type": ["null", "string"]},
-        ],
-    }
-    read = compile_reader(schema, builders={"t.Service": Struct(Service)})
-    built, _ = read(b"\x02b\x02a\x12EFFECTIVE\x00", 0)
+    first, second, *rest = SERVICE_SCHEMA["fields"]
+    schema = {**SERVICE_SCHEMA, "fields": [second, first, *rest]}
+    read = compile_reader(
+        schema, builders={"t.Service": Struct(Service)}, enums={"t.S": list(ServiceState)}
+    )
+    built, _ = read(b"\x02b\x02a\x02\x00", 0)
     assert built == Service(id="a", product_code="b", state=ServiceState.EFFECTIVE)
 
 
