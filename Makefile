@@ -48,6 +48,8 @@ demo: setup
 # reads the HTTP ceiling from icareus_bench's figures. Fails at the end if any of them failed.
 BENCHES := plan_bench plan_ab icareus_bench planner_bench status_bench restart_bench e2e_bench
 bench: setup
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk </dev/null >/dev/null; } || \
+	  echo "bench: wrk is missing (apt-get install wrk): icareus_bench will fail"
 	@mkdir -p bench/out; failed=""; \
 	for b in $(BENCHES); do \
 	  [ -f bench/$$b.py ] || continue; \
