@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from icareus_bridge.kafka.clients import kafka_error
@@ -70,8 +71,7 @@ STALL_REPLACE_ATTEMPTS = 5
 _ABANDONED: list[Producer] = []
 
 
-@dataclass(frozen=True, slots=True)
-class OutboundRecord:
+class OutboundRecord(msgspec.Struct, frozen=True, gc=False):
     """A record to produce; `partition` None lets the (murmur2) partitioner pick by key."""
 
     topic: str

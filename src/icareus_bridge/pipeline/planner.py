@@ -14,8 +14,9 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
+
+import msgspec
 
 from icareus_bridge.codec import DecodeError
 from icareus_bridge.config import Settings
@@ -75,8 +76,7 @@ class PlannerCodec(Protocol):
     def decode_state(self, data: bytes | None) -> SubscriptionRecord | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class StateChange:
+class StateChange(msgspec.Struct, frozen=True, gc=False):
     """The new known state of one subscription (encoded for the changelog at commit)."""
 
     partition: int
@@ -84,20 +84,19 @@ class StateChange:
     record: SubscriptionRecord
 
 
-@dataclass(slots=True)
-class Handled:
+class Handled(msgspec.Struct, gc=False):
     """What one input record causes: records to produce and at most one state change.
     `outcome` is for metrics and tests: planned, skipped, dead_lettered, feedback_applied,
     feedback_ignored, feedback_unknown."""
 
     outcome: str
-    outputs: list[OutboundRecord] = field(default_factory=list)
+    outputs: list[OutboundRecord] = []  # msgspec copies an empty default per instance
     state: StateChange | None = None
     action: str = ""
     skip_reason: str | None = None
     dead_letter: tuple[str, str] | None = None  # (stage, reason)
-    request_types: list[str] = field(default_factory=list)
-    rejections: list[tuple[str, str]] = field(default_factory=list)  # (type, code)
+    request_types: list[str] = []
+    rejections: list[tuple[str, str]] = []  # (type, code)
     result_state: str = ""
 
 
