@@ -67,9 +67,11 @@ class Model(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
         json = mode == "json"
         names: Iterable[str] = self.__struct_fields__
         if include is not None:
-            names = [n for n in names if n in set(include)]
+            wanted = set(include)
+            names = [n for n in names if n in wanted]
         if exclude is not None:
-            names = [n for n in names if n not in set(exclude)]
+            unwanted = set(exclude)
+            names = [n for n in names if n not in unwanted]
         return {name: _dump(getattr(self, name), json) for name in names}
 
     def model_copy(self, *, update: dict[str, Any] | None = None) -> Self:

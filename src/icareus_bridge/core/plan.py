@@ -158,9 +158,6 @@ def _view(provider: ProviderSettings) -> _ProviderView:
     return view
 
 
-# Stands for "a distributor of another provider" in lookups of ProviderView.allowed.
-_OTHER: frozenset[str] = frozenset({"\0 other provider"})
-
 
 def _ordered(product_ids: set[str] | frozenset[str], view: _ProviderView) -> tuple[str, ...]:
     """`sorted_products(product_ids)`, by the precomputed rank when every id is mapped."""

@@ -17,6 +17,8 @@ REDACTED = "<redacted>"
 
 # Objects shown only as their fields: the domain models (msgspec Structs) and pydantic models.
 MODELS = (BaseModel, msgspec.Struct)
+# What redaction walks into (or, beyond its depth, hides whole).
+CONTAINERS = (Mapping, list, tuple, *MODELS)
 
 
 def as_fields(model: BaseModel | msgspec.Struct) -> Any:
@@ -45,7 +47,7 @@ def redact(
 
     def walk(v: Any, depth: int) -> Any:
         if max_depth is not None and depth > max_depth:
-            return REDACTED if isinstance(v, (Mapping, list, tuple, *MODELS)) else v
+            return REDACTED if isinstance(v, CONTAINERS) else v
         if isinstance(v, MODELS):
             v = as_fields(v)
         if isinstance(v, Mapping):
@@ -66,4 +68,4 @@ def redact(
     return walk(value, 0)
 
 
-__all__ = ["MODELS", "REDACTED", "as_fields", "redact"]
+__all__ = ["CONTAINERS", "MODELS", "REDACTED", "as_fields", "redact"]

@@ -13,12 +13,12 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-from icareus_bridge.core.redaction import MODELS, REDACTED
+from icareus_bridge.core.redaction import CONTAINERS, REDACTED
 from icareus_bridge.core.redaction import redact as redact_with
 
 # Keys whose values are personal data or secrets; matched case-insensitively on the whole key
@@ -82,7 +82,7 @@ def redaction_processor(
             continue
         if _is_sensitive(k):
             event_dict[k] = REDACTED
-        elif isinstance(event_dict[k], (Mapping, list, tuple, *MODELS)):
+        elif isinstance(event_dict[k], CONTAINERS):
             event_dict[k] = redact(event_dict[k])
     return event_dict
 

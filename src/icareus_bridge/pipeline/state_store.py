@@ -18,7 +18,7 @@ from icareus_bridge.config import KafkaSettings
 from icareus_bridge.core.model import SubscriptionRecord
 from icareus_bridge.kafka.changelog import read_to_end
 from icareus_bridge.kafka.state import StateTransaction
-from icareus_bridge.pipeline.parking import PARKED_KEY_PREFIX, is_parked_marker
+from icareus_bridge.pipeline.parking import is_parked_marker
 
 DecodeState = Callable[[bytes], SubscriptionRecord]
 EncodeState = Callable[[SubscriptionRecord], bytes | None]
@@ -72,7 +72,7 @@ class StateStore:
             self.drop(p)
             self._partitions[p] = {}
         started = time.monotonic()
-        counts = read_to_end(kafka, changelog_topic, parts, self._restore_apply(), timeout=timeout)
+        counts = read_to_end(kafka, changelog_topic, parts, self.load, timeout=timeout)
         seconds = time.monotonic() - started
         return [
             RestoreReport(p, counts.get(p, 0), len(self._partitions[p]), seconds) for p in parts
@@ -86,22 +86,6 @@ class StateStore:
         """A batch's state writes to `changelog_topic`, read through to this store and applied
         to it after the batch's Kafka commit (see kafka/state.py)."""
         return StateTransaction(changelog_topic, store=self, encode=encode)
-
-    def _restore_apply(self) -> Callable[[int, bytes, bytes | None], None]:
-        """`load` for a restore, once per record of a million: the partitions were just
-        dropped, so no decoded copy of theirs is cached and none needs forgetting."""
-        partitions = self._partitions
-        marker = PARKED_KEY_PREFIX.encode()
-
-        def apply(partition: int, key: bytes, value: bytes | None) -> None:
-            if key.startswith(marker):
-                return
-            if value is None:
-                partitions[partition].pop(key, None)
-            else:
-                partitions[partition][key] = value
-
-        return apply
 
     def load(self, partition: int, key: bytes, value: bytes | None) -> None:
         """Apply one changelog record (value None = tombstone: the subscription is forgotten).
